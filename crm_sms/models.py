@@ -1,0 +1,242 @@
+"""Contacts, campaigns, messages and their audit trail. Field names are the public contract."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+MSG_ID_ALPHABET = string.ascii_letters + string.digits
+MSG_ID_LENGTH = 16
+
+
+def new_msg_id() -> str:
+    """A fresh message id: 16 characters of [A-Za-z0-9], the provider's de-duplication key."""
+    return "".join(secrets.choice(MSG_ID_ALPHABET) for _ in range(MSG_ID_LENGTH))
+
+
+class ContactGroup(models.Model):
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    description = models.TextField(_("description"), blank=True)
+
+    class Meta:
+        verbose_name = _("contact group")
+        verbose_name_plural = _("contact groups")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Contact(models.Model):
+    first_name = models.CharField(_("first name"), max_length=150, blank=True)
+    last_name = models.CharField(_("last name"), max_length=150, blank=True, db_index=True)
+    middle_name = models.CharField(_("middle name"), max_length=150, blank=True)
+    phone = models.CharField(
+        _("phone"), max_length=20, unique=True, help_text=_("E.164, e.g. +79001234212")
+    )
+    email = models.EmailField(_("email"), blank=True)
+    groups = models.ManyToManyField(
+        ContactGroup, verbose_name=_("groups"), related_name="contacts", blank=True
+    )
+    opted_out = models.BooleanField(
+        _("opted out"), default=False, db_index=True, help_text=_("Never send SMS to this contact.")
+    )
+    opted_out_at = models.DateTimeField(_("opted out at"), null=True, blank=True)
+    notes = models.TextField(_("notes"), blank=True)
+    external_id = models.CharField(_("external id"), max_length=100, blank=True, db_index=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("contact")
+        verbose_name_plural = _("contacts")
+        ordering = ["last_name", "first_name", "id"]
+
+    def __str__(self) -> str:
+        name = " ".join(p for p in (self.last_name, self.first_name, self.middle_name) if p)
+        return f"{name} ({self.phone})" if name else self.phone
+
+    def save(self, *args, **kwargs) -> None:
+        if self.opted_out and self.opted_out_at is None:
+            self.opted_out_at = timezone.now()
+        elif not self.opted_out:
+            self.opted_out_at = None
+        super().save(*args, **kwargs)
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", _("draft")
+    SCHEDULED = "scheduled", _("scheduled")
+    RUNNING = "running", _("running")
+    PAUSED = "paused", _("paused")
+    COMPLETED = "completed", _("completed")
+    CANCELLED = "cancelled", _("cancelled")
+
+
+class Campaign(models.Model):
+    name = models.CharField(_("name"), max_length=200)
+    text = models.TextField(_("text"), help_text=_("A template: {{ first_name }}, {{ last_name }}…"))
+    sender = models.CharField(_("sender"), max_length=20, blank=True)
+    provider = models.CharField(_("provider"), max_length=50, blank=True)
+    status = models.CharField(
+        _("status"),
+        max_length=20,
+        choices=CampaignStatus.choices,
+        default=CampaignStatus.DRAFT,
+        db_index=True,
+    )
+    scheduled_at = models.DateTimeField(_("scheduled at"), null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="sms_campaigns",
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    pause_reason = models.TextField(_("pause reason"), blank=True)
+    # What send_campaign counted when it built the campaign.
+    recipients_count = models.PositiveIntegerField(_("recipients"), default=0)
+    excluded = models.JSONField(
+        _("excluded"),
+        default=dict,
+        blank=True,
+        help_text=_("Contacts left out and why: opted_out, invalid, duplicate."),
+    )
+
+    class Meta:
+        verbose_name = _("campaign")
+        verbose_name_plural = _("campaigns")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "scheduled_at"], name="crm_sms_campaign_due")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MessageStatus(models.TextChoices):
+    # The same seven states as the 1C BSP SMS subsystem.
+    QUEUED = "queued", _("queued")
+    SENDING = "sending", _("sending")
+    SENT = "sent", _("sent")
+    DELIVERED = "delivered", _("delivered")
+    UNDELIVERED = "undelivered", _("undelivered")
+    FAILED = "failed", _("failed")
+    CANCELLED = "cancelled", _("cancelled")
+
+
+FINAL_STATUSES = frozenset(
+    {
+        MessageStatus.DELIVERED,
+        MessageStatus.UNDELIVERED,
+        MessageStatus.FAILED,
+        MessageStatus.CANCELLED,
+    }
+)
+
+
+class Message(models.Model):
+    campaign = models.ForeignKey(
+        Campaign,
+        verbose_name=_("campaign"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="messages",
+    )
+    contact = models.ForeignKey(
+        Contact,
+        verbose_name=_("contact"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    phone = models.CharField(_("phone"), max_length=20, db_index=True)
+    text = models.TextField(_("text"))
+    sender = models.CharField(_("sender"), max_length=20, blank=True)
+    provider = models.CharField(_("provider"), max_length=50, db_index=True)
+    msg_id = models.CharField(
+        _("message id"), max_length=MSG_ID_LENGTH, unique=True, default=new_msg_id, editable=False
+    )
+    provider_message_id = models.CharField(_("provider message id"), max_length=100, blank=True)
+    status = models.CharField(
+        _("status"), max_length=20, choices=MessageStatus.choices, default=MessageStatus.QUEUED
+    )
+    error_code = models.CharField(_("error code"), max_length=50, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), default=timezone.now)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    segments = models.PositiveSmallIntegerField(_("SMS parts"), default=1)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    last_response = models.JSONField(_("last provider response"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
+        ordering = ["-created_at", "-id"]
+        permissions = [("send_sms", _("Can send SMS"))]
+        indexes = [
+            # The worker's claim: due queued rows, and stale 'sending' rows.
+            models.Index(fields=["status", "next_attempt_at"], name="crm_sms_msg_due"),
+            models.Index(fields=["status", "claimed_at"], name="crm_sms_msg_claimed"),
+            # Campaign progress counts.
+            models.Index(fields=["campaign", "status"], name="crm_sms_msg_campaign_status"),
+            # Delivery reports and polling look messages up by the provider's id.
+            models.Index(
+                fields=["provider", "provider_message_id"], name="crm_sms_msg_provider_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.phone} [{self.msg_id}]"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class EventSource(models.TextChoices):
+    SEND = "send", _("send")
+    RETRY = "retry", _("retry")
+    CALLBACK = "callback", _("callback")
+    POLL = "poll", _("poll")
+    ADMIN = "admin", _("admin")
+
+
+class MessageEvent(models.Model):
+    """One status change of a message: the audit trail."""
+
+    message = models.ForeignKey(
+        Message, verbose_name=_("message"), on_delete=models.CASCADE, related_name="events"
+    )
+    source = models.CharField(_("source"), max_length=20, choices=EventSource.choices)
+    old_status = models.CharField(
+        _("old status"), max_length=20, choices=MessageStatus.choices, blank=True
+    )
+    new_status = models.CharField(_("new status"), max_length=20, choices=MessageStatus.choices)
+    error_code = models.CharField(_("error code"), max_length=50, blank=True)
+    description = models.TextField(_("description"), blank=True)
+    payload = models.JSONField(_("payload"), null=True, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("message event")
+        verbose_name_plural = _("message events")
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["message", "created_at"], name="crm_sms_event_message")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id}: {self.old_status or '-'} → {self.new_status}"

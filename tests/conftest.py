@@ -1,0 +1,51 @@
+"""Shared fixtures. Each area adds its own fixtures module to pytest_plugins."""
+
+import os
+import socket
+
+import pytest
+
+pytest_plugins: list[str] = []
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def missing_service(what: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where it is required."""
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI (CI=true) but is not available")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture
+def requires_postgres(db):
+    """For tests of PostgreSQL behaviour; they run in the PostgreSQL pass of .ci/run."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("runs with DATABASE_URL=postgres://… (the PostgreSQL pass of .ci/run)")
+
+
+@pytest.fixture
+def redis_url():
+    host, port = "127.0.0.1", 6379
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            if not sock.recv(16).startswith(b"+PONG"):
+                missing_service("Redis")
+    except OSError:
+        missing_service("Redis at 127.0.0.1:6379")
+    return REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backends():
+    """Backends are cached per process; tests get fresh ones and an empty locmem outbox."""
+    from crm_sms.backends import locmem, reset_backends
+
+    reset_backends()
+    locmem.outbox.clear()
+    yield
+    reset_backends()
