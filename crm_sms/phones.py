@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 import phonenumbers
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from . import conf
 
@@ -15,10 +16,12 @@ from . import conf
 _EXCEL_NUMBER = re.compile(r"^\d+\.0+$|^\d(\.\d+)?[eE]\+?\d+$")
 
 _REASONS = {
-    phonenumbers.ValidationResult.TOO_SHORT: _("it is too short"),
-    phonenumbers.ValidationResult.TOO_LONG: _("it is too long"),
-    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: _("the country code is unknown"),
-    phonenumbers.ValidationResult.INVALID_LENGTH: _("it has the wrong number of digits"),
+    phonenumbers.ValidationResult.TOO_SHORT: gettext_lazy("it is too short"),
+    phonenumbers.ValidationResult.TOO_LONG: gettext_lazy("it is too long"),
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: gettext_lazy("the country code is unknown"),
+    phonenumbers.ValidationResult.INVALID_LENGTH: gettext_lazy("it has the wrong number of digits"),
+    # A local number without its area code.
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: gettext_lazy("it is too short"),
 }
 
 
@@ -73,6 +76,19 @@ def normalize_phone(value: object, region: str | None = None) -> str:
             code="invalid",
         )
     if not phonenumbers.is_valid_number(number):
+        # The length rules of the region's mobile numbers explain most mistakes.
+        length = phonenumbers.is_possible_number_for_type_with_reason(
+            number, phonenumbers.PhoneNumberType.MOBILE
+        )
+        if length in (
+            phonenumbers.ValidationResult.TOO_SHORT,
+            phonenumbers.ValidationResult.TOO_LONG,
+        ):
+            raise ValidationError(
+                _("“%(value)s” is not a valid phone number: %(reason)s.")
+                % {"value": text, "reason": _REASONS[length]},
+                code="invalid",
+            )
         raise ValidationError(
             _("“%(value)s” is not a valid phone number: no such number range in %(region)s.")
             % {

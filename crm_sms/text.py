@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.template import Context, Engine, TemplateSyntaxError
-from django.template.base import VariableNode
+from django.template.base import TextNode, VariableNode
 from django.utils.translation import gettext as _
 
 GSM7_BASIC = frozenset(
@@ -102,6 +102,14 @@ class SMSTemplate:
                 _("The message template has an error: %(error)s") % {"error": exc},
                 code="template_syntax",
             ) from exc
+        for node in self.template.nodelist.get_nodes_by_type(TextNode):
+            for opening, closing in (("{{", "}}"), ("{%", "%}")):
+                if opening in node.s:
+                    raise ValidationError(
+                        _("The message template has an error: “%(opening)s” without “%(closing)s”.")
+                        % {"opening": opening, "closing": closing},
+                        code="template_syntax",
+                    )
         unknown = sorted(
             {
                 name
