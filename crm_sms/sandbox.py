@@ -21,8 +21,8 @@ The server uses only the standard library (plus ``requests`` for the callbacks),
 from __future__ import annotations
 
 import base64
-import hmac
 import heapq
+import hmac
 import itertools
 import json
 import logging
@@ -122,11 +122,13 @@ class _Server(ThreadingHTTPServer):
         self.sandbox = sandbox
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.connections_opened = 0
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
         with self.connections_lock:
             self.connections.add(request)
+            self.connections_opened += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):
@@ -213,9 +215,7 @@ def validate_request(data: Any) -> list[dict]:
     problems = []
     sender = data.get("from")
     if not (
-        isinstance(sender, str)
-        and SENDER_RE.fullmatch(sender)
-        and sender == sender.strip(" ")
+        isinstance(sender, str) and SENDER_RE.fullmatch(sender) and sender == sender.strip(" ")
     ):
         problems.append(_bad("from"))
     to = data.get("to")
@@ -320,7 +320,7 @@ class SandboxServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._random = random.Random()
-        self._tokens = 0.0
+        self._tokens = float("inf")  # a full bucket: a burst of `rate` is fine
         self._tokens_at = time.monotonic()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -343,7 +343,7 @@ class SandboxServer:
         self._server = _Server((self.host, self._requested_port), _Handler, self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": 0.05},
             name=f"megafon-sandbox:{self.port}",
             daemon=True,
         )
@@ -395,6 +395,11 @@ class SandboxServer:
         return self._server.server_address[1]
 
     @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted so far (keep-alive clients open few)."""
+        return self._server.connections_opened if self._server else 0
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
@@ -414,7 +419,7 @@ class SandboxServer:
             for key, value in kwargs.items():
                 setattr(self, key, value)
             if "rate" in kwargs:
-                self._tokens, self._tokens_at = 0.0, time.monotonic()
+                self._tokens, self._tokens_at = float("inf"), time.monotonic()
             self._set_auth()
 
     def reset(self) -> None:
@@ -424,7 +429,7 @@ class SandboxServer:
             self.requests.clear()
             self.attempts.clear()
             self.callbacks_sent.clear()
-            self._tokens, self._tokens_at = 0.0, time.monotonic()
+            self._tokens, self._tokens_at = float("inf"), time.monotonic()
 
     def wait_for_callbacks(self, count: int, timeout: float = 5.0) -> bool:
         """Block until ``count`` callbacks were posted (whatever the answer); True on success."""
@@ -495,13 +500,6 @@ class SandboxServer:
 
         if self.latency_ms:
             self._stopping.wait(self.latency_ms / 1000)
-        if self._chance(self.drop_rate):
-            handler.close_connection = True
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
         if handler.path.split("?", 1)[0].rstrip("/") != SEND_PATH:
             handler.respond(404, {"error": f"not found; the API is POST {SEND_PATH}"})
             return
@@ -528,6 +526,13 @@ class SandboxServer:
             with self._lock:
                 self.attempts[client_msg_id] += 1
 
+        if self._chance(self.drop_rate):  # lost after the server got it
+            handler.close_connection = True
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         if self._chance(self.fail_rate):
             handler.respond(503, "Service Temporarily Unavailable", "text/html")
             return

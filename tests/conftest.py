@@ -5,7 +5,12 @@ import socket
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.fixtures_sandbox"]
+pytest_plugins: list[str] = [
+    "tests.fixtures_sandbox",
+    "tests.fixtures_smsru",
+    "tests.fixtures_admin",
+    "tests.fixtures_outbox",
+]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")

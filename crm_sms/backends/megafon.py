@@ -1,0 +1,689 @@
+"""MegaFon A2P HTTPS (``a2p-api.megalabs.ru``): one recipient per request, delivery reports by
+callback, no status query.
+
+``SMS_URL=megafon://LOGIN:PASSWORD@a2p-api.megalabs.ru/?sender=MyCompany`` (``megafon+http://``
+for the sandbox). Options (from the URL query or ``OPTIONS``; strings are converted):
+``login``, ``password``, ``sender``, ``base_url`` (default https://a2p-api.megalabs.ru),
+``pool_size`` (keep-alive connections, default 32: at least the worker's concurrency),
+``connect_timeout`` (10 s), ``read_timeout`` (60 s), ``proxy`` (an HTTPS proxy URL),
+``ca_bundle`` (a CA file or directory; TLS is always verified), ``receipt_timezone`` (the zone
+of YYMMDDhhmm dates in SMPP receipts, default UTC).
+
+The provider's facts (codes, field rules) are the tables below; docs/providers.md explains them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+from django.core import checks
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from ..models import MessageStatus
+from .base import (
+    BaseBackend,
+    CallbackError,
+    ConfigurationError,
+    DeliveryReport,
+    OutgoingSMS,
+    SendResult,
+    SendStatus,
+)
+
+logger = logging.getLogger("crm_sms.backends.megafon")
+
+DEFAULT_BASE_URL = "https://a2p-api.megalabs.ru"
+SEND_PATH = "/sms/v1/sms"
+
+# --- field rules ---------------------------------------------------------------------------
+SENDER_MAX_LENGTH = 11
+SENDER_SPECIALS = '!"#$%()*+,-./:;<=>?@[\\]^_`{|}~'
+SENDER_ALLOWED = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 " + SENDER_SPECIALS
+)
+TEXT_MAX_LENGTH = 1000
+MSG_ID_RE = re.compile(r"[A-Za-z0-9_:\-]{1,16}")
+
+S = SendStatus
+# result.status.code -> (how to handle it, what it means to a person).
+# 1-255 are SMPP 3.4 command_status values; other SMPP codes are permanent (see classify_code).
+CODES: dict[int, tuple[SendStatus, Any]] = {
+    0: (S.ACCEPTED, gettext_lazy("MegaFon accepted the message.")),
+    20101: (
+        S.REJECTED,
+        gettext_lazy("MegaFon refused the message: a required field is missing or malformed."),
+    ),
+    20102: (
+        S.ACCEPTED,
+        gettext_lazy(
+            "MegaFon had already accepted a message with this msg_id: an earlier attempt "
+            "went through."
+        ),
+    ),
+    1: (S.REJECTED, gettext_lazy("MegaFon refused the message: invalid message length.")),
+    8: (S.RETRY, gettext_lazy("MegaFon system error; the message will be retried.")),
+    10: (S.REJECTED, gettext_lazy("MegaFon refused the sender name (invalid source address).")),
+    11: (
+        S.REJECTED,
+        gettext_lazy("MegaFon refused the recipient number (invalid destination address)."),
+    ),
+    20: (S.RETRY, gettext_lazy("MegaFon's message queue is full; the message will be retried.")),
+    69: (S.RETRY, gettext_lazy("MegaFon could not submit the message; it will be retried.")),
+    88: (
+        S.RETRY,
+        gettext_lazy(
+            "MegaFon throttled the message: the company's messages-per-second limit was "
+            "exceeded. It will be retried; lower the rate limit to the contracted throughput."
+        ),
+    ),
+    257: (
+        S.RETRY,
+        gettext_lazy(
+            "MegaFon's transmitter for the recipient's region is not connected; the message "
+            "will be retried."
+        ),
+    ),
+    1281: (
+        S.PROVIDER_ERROR,
+        gettext_lazy(
+            "MegaFon refused the request by its routing rules: it did not come from the IP "
+            "address registered in the contract, or SMS sending is not enabled for the account."
+        ),
+    ),
+    1282: (S.REJECTED, gettext_lazy("The recipient is on MegaFon's blacklist.")),
+    1284: (S.REJECTED, gettext_lazy("MegaFon refused the text: it contains forbidden words.")),
+    1288: (
+        S.REJECTED,
+        gettext_lazy("Sending to the recipient's region is not available for the company."),
+    ),
+}
+
+# Human names of the fields MegaFon names in a 20101 payload.
+FIELD_NAMES = {
+    "from": gettext_lazy("sender name (from)"),
+    "to": gettext_lazy("recipient number (to)"),
+    "message": gettext_lazy("text (message)"),
+    "msg_id": gettext_lazy("message id (msg_id)"),
+    "callback_url": gettext_lazy("callback URL (callback_url)"),
+    "body": gettext_lazy("request body"),
+}
+
+# The SMPP receipt's ``stat:`` values.
+RECEIPT_STATES = {
+    "DELIVRD": gettext_lazy("delivered"),
+    "EXPIRED": gettext_lazy("the validity period expired (the phone was off or out of reach)"),
+    "UNDELIV": gettext_lazy("undeliverable"),
+    "REJECTD": gettext_lazy("rejected by the network"),
+    "DELETED": gettext_lazy("deleted"),
+    "UNKNOWN": gettext_lazy("unknown state"),
+    "ACCEPTD": gettext_lazy("accepted by the network"),
+    "ENROUTE": gettext_lazy("en route"),
+}
+
+CALLBACK_STATUSES = {
+    "delivered": MessageStatus.DELIVERED,
+    "delivery_failed": MessageStatus.UNDELIVERED,
+}
+
+_RECEIPT_FIELD = re.compile(r"(id|sub|dlvrd|submit date|done date|stat|err|text):(\S*)", re.I)
+RAW_EXCERPT = 500
+
+
+def classify_code(code: int) -> tuple[SendStatus, str]:
+    """How to handle a ``result.status.code`` and a message a person understands."""
+    if code in CODES:
+        status, message = CODES[code]
+        return status, str(message)
+    if 1 <= code <= 255:
+        return S.REJECTED, _("MegaFon refused the message (SMPP error %(code)d).") % {"code": code}
+    return S.REJECTED, _("MegaFon error code %(code)d.") % {"code": code}
+
+
+def parse_receipt(text: str) -> dict[str, str]:
+    """The fields of an SMPP delivery receipt (``id:... stat:DELIVRD err:000``), lower-case keys."""
+    return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(text or "")}
+
+
+def parse_receipt_date(value: str, tz: Any = UTC, now: datetime | None = None) -> datetime | None:
+    """A receipt date as an aware UTC datetime, or None when it is not a date.
+
+    MegaFon's example carries unix seconds (``1701241159``); classic SMPP has ``YYMMDDhhmm`` (or
+    ``YYMMDDhhmmss``) in the SMSC's zone ``tz``. Ten digits fit both, so the reading closer to
+    ``now`` wins: a receipt arrives within a day of the send.
+    """
+    if not value or not value.isdigit():
+        return None
+    now = now or timezone.now()
+    candidates = []
+    if len(value) in (9, 10):
+        try:
+            candidates.append(datetime.fromtimestamp(int(value), UTC))
+        except (OverflowError, OSError, ValueError):
+            pass
+    for fmt, length in (("%y%m%d%H%M", 10), ("%y%m%d%H%M%S", 12)):
+        if len(value) == length:
+            try:
+                local = datetime.strptime(value, fmt).replace(tzinfo=tz)
+            except ValueError:
+                continue
+            candidates.append(local.astimezone(UTC))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda dt: abs(dt - now))
+
+
+def _environ_ca_bundle() -> str:
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ""
+
+
+class _BasicAuth(requests.auth.AuthBase):
+    """Sets a precomputed Basic header; it never shows the credentials in a repr."""
+
+    def __init__(self, header: str):
+        self._header = header
+
+    def __call__(self, request):
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<BasicAuth ***>"
+
+
+class MegafonBackend(BaseBackend):
+    """Sends through MegaFon's A2P HTTPS API and parses its delivery reports."""
+
+    display_name = "MegaFon"
+    supports_callbacks = True
+    report_window = 24 * 3600
+
+    def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
+        super().__init__(alias, options, **kwargs)
+        opts = self.options
+        self.login: str = str(opts.get("login") or "")
+        self.password: str = str(opts.get("password") or "")
+        base_url = str(opts.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"{self.env_variable}: the MegaFon address {parts.scheme}://{parts.hostname or ''}"
+                " is not an http(s) URL"
+            )
+        if parts.username or parts.password:
+            # Credentials belong in login/password; keep them out of URLs (and error texts).
+            self.login = self.login or (parts.username or "")
+            self.password = self.password or (parts.password or "")
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.base_url = urlunsplit(parts)
+        self.send_url = self.base_url + SEND_PATH
+        self.pool_size = self._number_option("pool_size", 32, int, minimum=1)
+        self.connect_timeout = self._number_option("connect_timeout", 10.0, float, minimum=0.001)
+        self.read_timeout = self._number_option("read_timeout", 60.0, float, minimum=0.001)
+        self.proxy = str(opts.get("proxy") or "")
+        self.ca_bundle = str(opts.get("ca_bundle") or "")
+        tz_name = str(opts.get("receipt_timezone") or "UTC")
+        try:
+            self.receipt_timezone = ZoneInfo(tz_name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{self.env_variable}: receipt_timezone={tz_name!r} is not a known time zone"
+            ) from exc
+        token = base64.b64encode(f"{self.login}:{self.password}".encode()).decode("ascii")
+        self._auth_header = f"Basic {token}"
+        # The login is redacted too, unless it is so short that it would mangle other text.
+        login = self.login if len(self.login) >= 3 else ""
+        self._secrets = [s for s in (self.password, token, self._proxy_password(), login) if s]
+        self._session: requests.Session | None = None
+
+    def _number_option(self, name: str, default: float, cast: type, minimum: float) -> Any:
+        value = self.options.get(name)
+        if value in (None, ""):
+            return default
+        try:
+            number = cast(float(value)) if cast is int else cast(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{self.env_variable}: option {name}={value!r} is not a number"
+            ) from exc
+        if number < minimum:
+            raise ConfigurationError(
+                f"{self.env_variable}: option {name}={value!r} must be at least {minimum}"
+            )
+        return number
+
+    def _proxy_password(self) -> str:
+        return urlsplit(self.proxy).password or "" if self.proxy else ""
+
+    # --- the HTTP session ----------------------------------------------------------------
+    @property
+    def session(self) -> requests.Session:
+        """One keep-alive session for all threads; its pool holds ``pool_size`` connections."""
+        if self._session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=2, pool_maxsize=self.pool_size, max_retries=0
+            )
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
+            session.auth = _BasicAuth(self._auth_header)
+            # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once here,
+            # not on every request as requests does (a sixth of a send's CPU), and the options
+            # win over it (requests would let the environment win over a session's settings).
+            session.trust_env = False
+            session.verify = self.ca_bundle or _environ_ca_bundle() or True
+            if self.proxy:
+                session.proxies = {"https": self.proxy, "http": self.proxy}
+            else:
+                session.proxies = requests.utils.get_environ_proxies(self.send_url)
+            session.headers.update(
+                {
+                    "Content-Type": "application/json; charset=utf-8",
+                    "Accept": "application/json",
+                    "User-Agent": "crm-sms",
+                }
+            )
+            self._session = session
+        return self._session
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        """``text`` without the password, the Basic token or the proxy password."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- validation ----------------------------------------------------------------------
+    def validate_sender(self, sender: str) -> None:
+        """Raise ValidationError unless MegaFon's rules accept ``sender`` as the sender name."""
+        if not sender:
+            raise ValidationError(
+                _("The sender name is empty: MegaFon needs 1 to 11 characters."),
+                code="sender_empty",
+            )
+        if len(sender) > SENDER_MAX_LENGTH:
+            raise ValidationError(
+                _(
+                    "The sender name “%(sender)s” has %(count)d characters; MegaFon allows at "
+                    "most 11, spaces included."
+                )
+                % {"sender": sender, "count": len(sender)},
+                code="sender_too_long",
+            )
+        bad = sorted({ch for ch in sender if ch not in SENDER_ALLOWED})
+        if bad:
+            raise ValidationError(
+                _(
+                    "The sender name “%(sender)s” contains characters MegaFon does not allow: "
+                    "%(chars)s. Use Latin letters, digits, spaces and %(specials)s"
+                )
+                % {
+                    "sender": sender,
+                    "chars": " ".join(f"“{ch}”" for ch in bad),
+                    "specials": SENDER_SPECIALS,
+                },
+                code="sender_characters",
+            )
+        if sender != sender.strip(" "):
+            raise ValidationError(
+                _("The sender name “%(sender)s” must not start or end with a space.")
+                % {"sender": sender},
+                code="sender_spaces",
+            )
+
+    def validate_text(self, text: str) -> None:
+        """Raise ValidationError unless the text has 1 to 1000 characters (MegaFon splits it)."""
+        super().validate_text(text)
+        if len(text) > TEXT_MAX_LENGTH:
+            raise ValidationError(
+                _("The text has %(count)d characters; MegaFon takes at most %(max)d.")
+                % {"count": len(text), "max": TEXT_MAX_LENGTH},
+                code="text_too_long",
+            )
+
+    # --- sending -------------------------------------------------------------------------
+    def build_payload(self, sms: OutgoingSMS) -> dict[str, Any]:
+        """The JSON object of one send request (``to`` as a number; raises ValidationError)."""
+        sender = sms.sender or self.default_sender
+        self.validate_sender(sender)
+        self.validate_text(sms.text)
+        digits = sms.to[1:] if sms.to.startswith("+") else sms.to
+        if not (digits.isdigit() and digits.isascii() and 11 <= len(digits) <= 15):
+            raise ValidationError(
+                _("The number %(to)s is not in international format (+79001234212).")
+                % {"to": sms.to},
+                code="invalid_phone",
+            )
+        if not MSG_ID_RE.fullmatch(sms.msg_id or ""):
+            raise ValidationError(
+                _("The message id %(msg_id)r does not fit MegaFon's rule [A-Za-z0-9_:-]{1,16}.")
+                % {"msg_id": sms.msg_id},
+                code="invalid_msg_id",
+            )
+        payload: dict[str, Any] = {
+            "from": sender,
+            "to": int(digits),
+            "message": sms.text,
+            "msg_id": sms.msg_id,
+        }
+        callback_url = sms.callback_url or self.callback_url()
+        if callback_url:
+            payload["callback_url"] = callback_url
+        return payload
+
+    @staticmethod
+    def encode_payload(payload: dict[str, Any]) -> bytes:
+        """UTF-8 JSON without a byte-order mark (MegaFon refuses a body with one)."""
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def send(self, sms: OutgoingSMS) -> SendResult:
+        """Send one message; every outcome, failures included, comes back as a SendResult."""
+        try:
+            payload = self.build_payload(sms)
+        except ValidationError as exc:
+            message = " ".join(exc.messages)
+            return SendResult(
+                S.REJECTED,
+                error_code=exc.code or "invalid",
+                error_message=message,
+                raw={"error": "not sent: refused before sending", "detail": message},
+            )
+        try:
+            response = self.session.post(
+                self.send_url,
+                data=self.encode_payload(payload),
+                timeout=(self.connect_timeout, self.read_timeout),
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            return self._transport_failure(sms, "timeout", exc)
+        except requests.exceptions.SSLError as exc:
+            return self._tls_failure(sms, exc)
+        except requests.exceptions.ProxyError as exc:
+            return self._transport_failure(sms, "proxy_error", exc)
+        except requests.ConnectionError as exc:
+            return self._transport_failure(sms, "connection_error", exc)
+        except requests.RequestException as exc:
+            return self._transport_failure(sms, "request_error", exc)
+        result = self.parse_response(response, sms)
+        logger.debug(
+            "MegaFon %s: HTTP %s, %s %s",
+            sms.msg_id,
+            response.status_code,
+            result.status,
+            result.error_code,
+        )
+        return result
+
+    def _transport_failure(self, sms: OutgoingSMS, kind: str, exc: Exception) -> SendResult:
+        detail = self.redact(str(exc))[:RAW_EXCERPT]
+        host = urlsplit(self.base_url).netloc
+        if kind == "timeout":
+            read = not isinstance(exc, requests.ConnectTimeout)
+            message = _(
+                "MegaFon (%(host)s) did not answer within %(seconds)s s; the message will be "
+                "retried with the same msg_id."
+            ) % {"host": host, "seconds": self.read_timeout if read else self.connect_timeout}
+        elif kind == "proxy_error":
+            message = _(
+                "Could not reach MegaFon (%(host)s) through the proxy; the message will be retried."
+            ) % {"host": host}
+        else:
+            message = _(
+                "Could not reach MegaFon (%(host)s): %(reason)s. The message will be retried."
+            ) % {"host": host, "reason": type(exc).__name__}
+        logger.warning("MegaFon %s: %s (%s)", sms.msg_id, kind, detail)
+        return SendResult(
+            S.RETRY,
+            error_code=kind,
+            error_message=message,
+            raw={"error": type(exc).__name__, "detail": detail},
+        )
+
+    def _tls_failure(self, sms: OutgoingSMS, exc: Exception) -> SendResult:
+        # Every message would fail the same way: a configuration problem, so pause.
+        detail = self.redact(str(exc))[:RAW_EXCERPT]
+        logger.error("MegaFon %s: TLS verification failed (%s)", sms.msg_id, detail)
+        return SendResult(
+            S.PROVIDER_ERROR,
+            error_code="tls_error",
+            error_message=_(
+                "MegaFon's TLS certificate could not be verified (%(host)s). If a corporate proxy "
+                "re-signs HTTPS, add ?ca_bundle=/path/to/ca.pem to %(env)s."
+            )
+            % {"host": urlsplit(self.base_url).netloc, "env": self.env_variable},
+            raw={"error": type(exc).__name__, "detail": detail},
+        )
+
+    def parse_response(self, response: requests.Response, sms: OutgoingSMS) -> SendResult:
+        """Classify an HTTP answer: by HTTP status first, then by ``result.status.code``."""
+        http_status = response.status_code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        code = None
+        if isinstance(data, dict):
+            result = data.get("result")
+            status = result.get("status") if isinstance(result, dict) else None
+            if isinstance(status, dict):
+                try:
+                    code = int(status.get("code"))
+                except (TypeError, ValueError):
+                    code = None
+        raw: Any = (
+            self._redact_json(data)
+            if data is not None
+            else {
+                "http_status": http_status,
+                "body": self.redact(response.text[:RAW_EXCERPT]),
+            }
+        )
+        if data is not None and http_status != 200:
+            raw = {"http_status": http_status, "body": raw}
+
+        if http_status in (401, 403):
+            return SendResult(
+                S.PROVIDER_ERROR,
+                error_code=f"http_{http_status}",
+                error_message=_(
+                    "MegaFon refused the login and password (HTTP %(status)d): check them in "
+                    "%(env)s."
+                )
+                % {"status": http_status, "env": self.env_variable},
+                raw=raw,
+            )
+        if http_status >= 500:
+            return SendResult(
+                S.RETRY,
+                error_code=f"http_{http_status}",
+                error_message=_(
+                    "MegaFon had a server error (HTTP %(status)d); the message will be retried."
+                )
+                % {"status": http_status},
+                raw=raw,
+            )
+        if code is None:
+            return self._classify_http(http_status, raw)
+        status, message = classify_code(code)
+        result = SendResult(status, error_code=str(code), error_message=message, raw=raw)
+        if status is S.ACCEPTED:
+            result.error_code = "" if code == 0 else str(code)
+            result.error_message = "" if code == 0 else message
+            provider_id = data["result"].get("msg_id")
+            result.provider_message_id = str(provider_id or sms.msg_id)
+        elif code == 20101:
+            fields = self._bad_fields(data)
+            if fields:
+                result.error_message = _(
+                    "MegaFon refused the message: %(fields)s is missing or malformed."
+                ) % {"fields": ", ".join(fields)}
+        if status is S.PROVIDER_ERROR:
+            logger.error("MegaFon %s: code %s: %s", sms.msg_id, code, message)
+        return result
+
+    def _classify_http(self, http_status: int, raw: Any) -> SendResult:
+        """An answer without a MegaFon code: decide by the HTTP status alone."""
+        values = {"status": http_status}
+        if http_status == 200 or http_status in (408, 429):
+            return SendResult(
+                S.RETRY,
+                error_code="bad_response" if http_status == 200 else f"http_{http_status}",
+                error_message=_(
+                    "MegaFon gave an answer that is not the API's JSON (HTTP %(status)d); the "
+                    "message will be retried."
+                )
+                % values,
+                raw=raw,
+            )
+        if http_status in (301, 302, 303, 307, 308, 404, 405):
+            # Every message would get this: the address is wrong, not the message.
+            return SendResult(
+                S.PROVIDER_ERROR,
+                error_code=f"http_{http_status}",
+                error_message=_(
+                    "MegaFon's address answered HTTP %(status)d: check base_url in %(env)s."
+                )
+                % {**values, "env": self.env_variable},
+                raw=raw,
+            )
+        return SendResult(
+            S.REJECTED,
+            error_code=f"http_{http_status}",
+            error_message=_("MegaFon refused the request (HTTP %(status)d).") % values,
+            raw=raw,
+        )
+
+    @staticmethod
+    def _bad_fields(data: dict) -> list[str]:
+        payload = data["result"]["status"].get("payload") or []
+        names = []
+        for item in payload if isinstance(payload, list) else [payload]:
+            name = item.get("description") if isinstance(item, dict) else item
+            if isinstance(name, str) and name:
+                names.append(str(FIELD_NAMES.get(name, name)))
+        return names
+
+    def _redact_json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._redact_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_json(v) for v in value]
+        return value
+
+    # --- delivery reports ----------------------------------------------------------------
+    def parse_callback(self, request: HttpRequest) -> list[DeliveryReport]:
+        """MegaFon's JSON report (one object or a list) as DeliveryReports.
+
+        ``delivered`` -> DELIVERED; ``delivery_failed`` and unknown values -> UNDELIVERED with
+        the text kept. Raises CallbackError for a body that is not JSON or lacks ``msg_id``.
+        """
+        try:
+            data = json.loads(request.body.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CallbackError(f"the body is not UTF-8 JSON: {exc}") from exc
+        items = data if isinstance(data, list) else [data]
+        if not items:
+            raise CallbackError("an empty list of reports")
+        return [self.parse_report(item) for item in items]
+
+    def parse_report(self, item: Any) -> DeliveryReport:
+        """One report object as a DeliveryReport (raises CallbackError when it has no msg_id)."""
+        if not isinstance(item, dict):
+            raise CallbackError(f"a report is not a JSON object: {str(item)[:100]!r}")
+        msg_id = item.get("msg_id")
+        if not isinstance(msg_id, str | int) or isinstance(msg_id, bool) or msg_id == "":
+            raise CallbackError("a report without msg_id")
+        provider_status = str(item.get("status") or "")
+        receipt_text = str(item.get("short_message") or "")
+        receipt = parse_receipt(receipt_text)
+        status = CALLBACK_STATUSES.get(provider_status, MessageStatus.UNDELIVERED)
+        stat = receipt.get("stat", "").upper()
+        err = receipt.get("err", "")
+        error_code = error_message = ""
+        if status != MessageStatus.DELIVERED:
+            error_code = stat or provider_status or "unknown"
+            if provider_status not in CALLBACK_STATUSES:
+                error_message = _(
+                    "MegaFon reported an unknown status “%(status)s”: %(receipt)s"
+                ) % {"status": provider_status, "receipt": receipt_text or "-"}
+            else:
+                error_message = _("Not delivered: %(state)s (network error %(err)s).") % {
+                    "state": str(RECEIPT_STATES.get(stat, stat or provider_status)),
+                    "err": err or "-",
+                }
+        delivered_at = None
+        if status == MessageStatus.DELIVERED:
+            delivered_at = parse_receipt_date(receipt.get("done date", ""), self.receipt_timezone)
+        return DeliveryReport(
+            status=status,
+            msg_id=str(msg_id),
+            provider_message_id=str(item.get("receipted_message_id") or ""),
+            error_code=error_code,
+            error_message=error_message,
+            delivered_at=delivered_at,
+            raw=item,
+        )
+
+    # --- configuration -------------------------------------------------------------------
+    def check(self) -> list[checks.CheckMessage]:
+        """Missing credentials (E010), a missing (W010) or refused (E004) sender, plain HTTP
+        to a remote host (W011)."""
+        problems = super().check()
+        example = "megafon://LOGIN:PASSWORD@a2p-api.megalabs.ru/?sender=MyCompany"
+        missing = [name for name in ("login", "password") if not getattr(self, name)]
+        if missing:
+            problems.append(
+                checks.Error(
+                    f"Provider {self.alias!r}: the MegaFon {' and '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} missing.",
+                    hint=f"Set {self.env_variable}={example} (URL-encode special characters "
+                    "of the password: %40 for @, %3A for :).",
+                    id="crm_sms.E010",
+                )
+            )
+        if not self.default_sender:
+            problems.append(
+                checks.Warning(
+                    f"Provider {self.alias!r}: no default sender name; every send must pass "
+                    "sender=… or MegaFon refuses it.",
+                    hint=f"Add ?sender=YourName (the name in your MegaFon contract, at most 11 "
+                    f"Latin characters) to {self.env_variable}.",
+                    id="crm_sms.W010",
+                )
+            )
+        host = urlsplit(self.base_url).hostname or ""
+        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            problems.append(
+                checks.Warning(
+                    f"Provider {self.alias!r}: MegaFon is reached over plain HTTP ({host}); the "
+                    "password travels unencrypted.",
+                    hint=f"Use megafon:// (HTTPS) in {self.env_variable}; megafon+http:// is "
+                    "for the local sandbox.",
+                    id="crm_sms.W011",
+                )
+            )
+        return problems
+
+    def __repr__(self) -> str:
+        return f"<MegafonBackend {self.alias!r} {self.base_url}>"

@@ -1,0 +1,417 @@
+"""SMS.RU (https://sms.ru): many recipients per request, status polling, signed callbacks.
+
+Configured by one URL: ``SMS_URL=smsru://API_ID@sms.ru/?sender=MyCompany`` (``smsru+http://`` for a
+local fake). Options: ``api_id`` (required), ``sender`` (``from``; the account's default when
+empty), ``base_url`` (``https://sms.ru``), ``timeout`` (seconds, 15), ``test`` (``1``: SMS.RU
+checks the request but sends nothing).
+
+Unlike MegaFon, SMS.RU
+
+- takes up to 100 recipients in one ``POST /sms/send`` (``to`` comma-separated with one ``msg``, or
+  ``multi[<phone>]=<text>`` when texts differ) and answers per number;
+- can be polled: ``/sms/status`` with up to 100 ``sms_id``s (``query_status``);
+- posts reports to one callback URL set in its control panel (not per message): paste
+  ``backend.callback_url()`` there. The reports are signed:
+  ``hash = sha256(api_id + "".join(data[]))``; a mismatch is refused (403), and the answer must be
+  the body ``100`` or SMS.RU repeats the report.
+- has no client message id, so it cannot drop a repeated request: a read timeout after SMS.RU got
+  the request is retried (``RETRY``, as for any network problem) and may send that SMS twice.
+  Connection errors (nothing reached SMS.RU) are safe to retry.
+
+The code tables below come from SMS.RU's public API page and client libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from django.core import checks
+from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext_lazy as _
+
+from ..models import MessageStatus
+from .base import (
+    BaseBackend,
+    CallbackError,
+    CallbackForbidden,
+    ConfigurationError,
+    DeliveryReport,
+    OutgoingSMS,
+    SendResult,
+    SendStatus,
+    SMSError,
+)
+
+logger = logging.getLogger("crm_sms.backends.smsru")
+
+DEFAULT_BASE_URL = "https://sms.ru"
+MAX_RECIPIENTS = 100
+
+#: Error codes of /sms/send (request-wide or per number) -> how the outbox handles them.
+SEND_ERRORS: dict[int, tuple[SendStatus, str]] = {
+    200: (SendStatus.PROVIDER_ERROR, "Wrong api_id"),
+    201: (SendStatus.PROVIDER_ERROR, "Not enough money on the account"),
+    202: (SendStatus.REJECTED, "Wrong recipient number, or no route to it"),
+    203: (SendStatus.REJECTED, "No message text"),
+    204: (SendStatus.PROVIDER_ERROR, "The sender name is not approved by SMS.RU"),
+    205: (SendStatus.REJECTED, "The message is too long (over 8 SMS parts)"),
+    206: (SendStatus.PROVIDER_ERROR, "The daily sending limit is reached"),
+    207: (SendStatus.REJECTED, "No delivery route to this number"),
+    208: (SendStatus.REJECTED, "Wrong 'time' parameter"),
+    209: (SendStatus.REJECTED, "The number is in the account's stop list"),
+    210: (SendStatus.PROVIDER_ERROR, "GET used where POST is required"),
+    211: (SendStatus.PROVIDER_ERROR, "Method not found"),
+    212: (SendStatus.PROVIDER_ERROR, "The text must be sent in UTF-8"),
+    213: (SendStatus.REJECTED, "More than 100 recipients in one request"),
+    220: (SendStatus.RETRY, "The service is temporarily unavailable"),
+    230: (SendStatus.REJECTED, "The daily limit of messages to this number is reached"),
+    231: (SendStatus.RETRY, "Too many identical messages to this number within a minute"),
+    232: (SendStatus.REJECTED, "The daily limit of identical messages to this number is reached"),
+    233: (SendStatus.REJECTED, "Too many repeated code messages to this number"),
+    300: (SendStatus.PROVIDER_ERROR, "Wrong token (it expired or the IP changed)"),
+    301: (SendStatus.PROVIDER_ERROR, "Wrong api_id, or login/password"),
+    302: (SendStatus.PROVIDER_ERROR, "Authorized, but the account is not confirmed"),
+    500: (SendStatus.RETRY, "Server error at SMS.RU"),
+}
+#: An error code missing from the table: permanent for this message, never retried forever.
+UNKNOWN_ERROR = SendStatus.REJECTED
+
+#: Delivery status codes (/sms/status and callbacks) -> MessageStatus, with their meaning.
+STATUS_CODES: dict[int, tuple[str, str]] = {
+    100: (MessageStatus.SENT, "In SMS.RU's queue"),
+    101: (MessageStatus.SENT, "Being passed to the operator"),
+    102: (MessageStatus.SENT, "Sent (on its way)"),
+    103: (MessageStatus.DELIVERED, "Delivered"),
+    104: (MessageStatus.UNDELIVERED, "Not delivered: its lifetime expired"),
+    105: (MessageStatus.UNDELIVERED, "Not delivered: deleted by the operator"),
+    106: (MessageStatus.UNDELIVERED, "Not delivered: phone failure"),
+    107: (MessageStatus.UNDELIVERED, "Not delivered: unknown reason"),
+    108: (MessageStatus.UNDELIVERED, "Not delivered: rejected"),
+    110: (MessageStatus.DELIVERED, "Delivered and read"),
+    150: (MessageStatus.UNDELIVERED, "Not delivered: no route to this number"),
+}
+NOT_FOUND = -1  # /sms/status: no such sms_id (yet): no report
+
+
+def _digits(phone: str) -> str:
+    return phone.lstrip("+")
+
+
+def _code(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def classify_send_error(code: int | None, text: str = "") -> tuple[SendStatus, str]:
+    """The SendStatus and a readable message for an SMS.RU error code."""
+    if code in SEND_ERRORS:
+        status, meaning = SEND_ERRORS[code]
+        return status, text or meaning
+    return UNKNOWN_ERROR, text or f"SMS.RU error {code}"
+
+
+def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
+    """(MessageStatus, error_code, error_message) for a delivery status code; None for -1."""
+    if code == NOT_FOUND:
+        return None
+    status, meaning = STATUS_CODES.get(code, (MessageStatus.UNDELIVERED, ""))
+    if status == MessageStatus.UNDELIVERED:
+        return status, str(code), text or meaning or f"SMS.RU status {code}"
+    return status, "", ""
+
+
+class SmsRuBackend(BaseBackend):
+    display_name = "SMS.RU"
+    max_batch_size = MAX_RECIPIENTS
+    supports_callbacks = True
+    report_window = 24 * 3600
+
+    def __init__(self, alias="default", options=None, rate_limit=None):
+        super().__init__(alias, options, rate_limit)
+        self.api_id = str(self.options.get("api_id") or "")
+        self.base_url = str(self.options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout = float(self.options.get("timeout") or 15)
+        self.test = str(self.options.get("test", "")) in ("1", "true", "yes")
+        self._local = threading.local()
+
+    # --- HTTP ----------------------------------------------------------------------------
+    @property
+    def session(self) -> requests.Session:
+        # One keep-alive session per thread: the worker's threads never share a connection.
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["User-Agent"] = "crm-sms"
+            self._sessions().append(session)
+        return session
+
+    def _sessions(self) -> list[requests.Session]:
+        if not hasattr(self, "_all_sessions"):
+            self._all_sessions: list[requests.Session] = []
+        return self._all_sessions
+
+    def close(self) -> None:
+        for session in self._sessions():
+            session.close()
+        self._all_sessions = []
+        self._local = threading.local()
+
+    def _require_api_id(self) -> None:
+        if not self.api_id:
+            raise ConfigurationError(
+                f"Provider {self.alias!r} (SMS.RU) has no api_id: set {self.env_variable}="
+                "smsru://API_ID@sms.ru/?sender=..."
+            )
+
+    def _post(self, path: str, data: dict[str, Any] | list[tuple[str, str]]) -> dict[str, Any]:
+        """POST to SMS.RU and return its JSON; raise requests.RequestException or ValueError."""
+        response = self.session.post(self.base_url + path, data=data, timeout=self.timeout)
+        if response.status_code >= 500:
+            raise requests.HTTPError(f"HTTP {response.status_code}", response=response)
+        if response.status_code != 200:
+            raise _HTTPRefused(response.status_code, response.text[:200])
+        payload = response.json()
+        if not isinstance(payload, dict):
+            raise ValueError("SMS.RU answered JSON that is not an object")
+        return payload
+
+    # --- sending -------------------------------------------------------------------------
+    def send(self, sms: OutgoingSMS) -> SendResult:
+        return self.send_many([sms])[0]
+
+    def send_many(self, batch: list[OutgoingSMS]) -> list[SendResult]:
+        """Send ``batch`` in as few requests as SMS.RU allows (100 distinct numbers each);
+        results in the same order as ``batch``."""
+        self._require_api_id()
+        results: list[SendResult | None] = [None] * len(batch)
+        for request_items in self._requests_for(batch):
+            for index, result in zip(
+                request_items, self._send_request([batch[i] for i in request_items]), strict=True
+            ):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _requests_for(self, batch: list[OutgoingSMS]) -> list[list[int]]:
+        """Split ``batch`` into requests: one sender each, at most 100 numbers, no number twice
+        (SMS.RU answers per number, so a repeated number could not be told apart)."""
+        requests_: list[list[int]] = []
+        open_requests: dict[str, list[tuple[list[int], set[str]]]] = {}
+        for index, sms in enumerate(batch):
+            sender = sms.sender or self.default_sender
+            phone = _digits(sms.to)
+            for items, phones in open_requests.setdefault(sender, []):
+                if len(items) < MAX_RECIPIENTS and phone not in phones:
+                    items.append(index)
+                    phones.add(phone)
+                    break
+            else:
+                items = [index]
+                open_requests[sender].append((items, {phone}))
+                requests_.append(items)
+        return requests_
+
+    def _send_request(self, batch: list[OutgoingSMS]) -> list[SendResult]:
+        data: list[tuple[str, str]] = [("api_id", self.api_id), ("json", "1")]
+        sender = batch[0].sender or self.default_sender
+        if sender:
+            data.append(("from", sender))
+        if self.test:
+            data.append(("test", "1"))
+        texts = {sms.text for sms in batch}
+        if len(texts) == 1:
+            data += [("to", ",".join(_digits(s.to) for s in batch)), ("msg", batch[0].text)]
+        else:
+            data += [(f"multi[{_digits(s.to)}]", s.text) for s in batch]
+        try:
+            payload = self._post("/sms/send", data)
+        except _HTTPRefused as exc:
+            return [
+                SendResult(
+                    SendStatus.PROVIDER_ERROR,
+                    error_code=f"http_{exc.status}",
+                    error_message=f"SMS.RU refused the request: HTTP {exc.status}",
+                    raw={"http_status": exc.status, "body": exc.body},
+                )
+                for _ in batch
+            ]
+        except (requests.RequestException, ValueError) as exc:
+            kind = type(exc).__name__
+            logger.warning("SMS.RU request failed (%s); the batch will be retried", kind)
+            return [
+                SendResult(
+                    SendStatus.RETRY,
+                    error_code="network",
+                    error_message=f"SMS.RU did not answer properly ({kind})",
+                    raw={"error": kind},
+                )
+                for _ in batch
+            ]
+        if payload.get("status") != "OK":
+            code = _code(payload.get("status_code"))
+            status, message = classify_send_error(code, str(payload.get("status_text") or ""))
+            raw = {k: v for k, v in payload.items() if k != "sms"}
+            return [
+                SendResult(status, error_code=str(code), error_message=message, raw=raw)
+                for _ in batch
+            ]
+        per_number = payload.get("sms") or {}
+        return [self._number_result(per_number.get(_digits(sms.to))) for sms in batch]
+
+    def _number_result(self, entry: Any) -> SendResult:
+        if not isinstance(entry, dict):
+            # SMS.RU accepted the request but said nothing about this number: we cannot know.
+            return SendResult(
+                SendStatus.RETRY,
+                error_code="no_answer",
+                error_message="SMS.RU's answer does not mention this number",
+            )
+        code = _code(entry.get("status_code"))
+        if entry.get("status") == "OK" and entry.get("sms_id"):
+            return SendResult(
+                SendStatus.ACCEPTED, provider_message_id=str(entry["sms_id"]), raw=entry
+            )
+        status, message = classify_send_error(code, str(entry.get("status_text") or ""))
+        return SendResult(status, error_code=str(code), error_message=message, raw=entry)
+
+    # --- polling -------------------------------------------------------------------------
+    def query_status(self, messages) -> list[DeliveryReport]:
+        """Ask /sms/status about ``messages`` (objects with ``msg_id`` and
+        ``provider_message_id``), 100 per request. Returns one report per message SMS.RU knows;
+        ``-1`` (not found) yields none. Raises ``requests.RequestException`` when SMS.RU cannot
+        be reached, so polling can stop and try later."""
+        self._require_api_id()
+        by_id = {m.provider_message_id: m for m in messages if m.provider_message_id}
+        ids = list(by_id)
+        reports: list[DeliveryReport] = []
+        for start in range(0, len(ids), MAX_RECIPIENTS):
+            chunk = ids[start : start + MAX_RECIPIENTS]
+            payload = self._post(
+                "/sms/status", {"api_id": self.api_id, "sms_id": ",".join(chunk), "json": "1"}
+            )
+            if payload.get("status") != "OK":
+                code = _code(payload.get("status_code"))
+                raise SMSRuError(code, str(payload.get("status_text") or ""))
+            for sms_id, entry in (payload.get("sms") or {}).items():
+                message = by_id.get(str(sms_id))
+                if message is None or not isinstance(entry, dict):
+                    continue
+                code = _code(entry.get("status_code"))
+                text = str(entry.get("status_text") or "")
+                mapped = status_report(NOT_FOUND if code is None else code, text)
+                if mapped is None:
+                    continue
+                status, error_code, error_message = mapped
+                reports.append(
+                    DeliveryReport(
+                        status,
+                        msg_id=message.msg_id,
+                        provider_message_id=str(sms_id),
+                        error_code=error_code,
+                        error_message=error_message,
+                        raw={"sms_id": str(sms_id), **entry},
+                    )
+                )
+        return reports
+
+    # --- callbacks -----------------------------------------------------------------------
+    def signature(self, entries: list[str]) -> str:
+        """The ``hash`` SMS.RU sends with ``entries``: sha256(api_id + all entries joined)."""
+        return hashlib.sha256((self.api_id + "".join(entries)).encode("utf-8")).hexdigest()
+
+    def parse_callback(self, request: HttpRequest) -> list[DeliveryReport]:
+        """Verify and parse SMS.RU's form POST: ``data[]`` entries (``data[0]``, ``data[1]``…
+        too) of lines ``sms_status``, ``<sms_id>``, ``<code>``, ``<unix time>``, and ``hash``."""
+        entries = [
+            value
+            for key, values in request.POST.lists()
+            if key == "data[]" or re.fullmatch(r"data\[\d+\]", key)
+            for value in values
+        ]
+        if not entries:
+            raise CallbackError("no data[] entries")
+        given = request.POST.get("hash", "")
+        if not self.api_id or not hmac.compare_digest(
+            given.strip().lower().encode(), self.signature(entries).encode()
+        ):
+            raise CallbackForbidden("the hash does not match (wrong api_id, or a forged report)")
+        reports = []
+        for entry in entries:
+            lines = entry.replace("\r\n", "\n").split("\n")
+            if lines[0] != "sms_status":
+                continue  # other kinds of notification (SMS.RU's URL check, replies): no status
+            if len(lines) < 3 or _code(lines[2]) is None or not lines[1]:
+                raise CallbackError(f"a malformed sms_status entry: {entry[:100]!r}")
+            code = int(lines[2])
+            mapped = status_report(code)
+            if mapped is None:
+                continue
+            status, error_code, error_message = mapped
+            when = _code(lines[3]) if len(lines) > 3 else None
+            reports.append(
+                DeliveryReport(
+                    status,
+                    provider_message_id=lines[1],
+                    error_code=error_code,
+                    error_message=error_message,
+                    delivered_at=(
+                        datetime.fromtimestamp(when, UTC)
+                        if when and status == MessageStatus.DELIVERED
+                        else None
+                    ),
+                    raw={"entry": entry},
+                )
+            )
+        return reports
+
+    def callback_response(self, reports: list[DeliveryReport]) -> HttpResponse:
+        # Any other answer makes SMS.RU repeat the report.
+        return HttpResponse("100", content_type="text/plain")
+
+    # --- housekeeping --------------------------------------------------------------------
+    def check(self) -> list[checks.CheckMessage]:
+        problems = super().check()
+        if not self.api_id:
+            problems.append(
+                checks.Error(
+                    f"Provider {self.alias!r} (SMS.RU) has no api_id.",
+                    hint=f"Set {self.env_variable}=smsru://API_ID@sms.ru/?sender=MyCompany",
+                    id="crm_sms.E010",
+                )
+            )
+        return problems
+
+    def validate_sender(self, sender: str) -> None:
+        """SMS.RU's sender names: up to 11 Latin letters, digits and ``-_. `` (or a number)."""
+        from django.core.exceptions import ValidationError
+
+        if sender and not re.fullmatch(r"[A-Za-z0-9 ._\-!]{1,11}|\+?\d{1,15}", sender):
+            raise ValidationError(
+                _("SMS.RU sender names have 1-11 Latin letters, digits, spaces, '.', '-', '_'."),
+                code="invalid_sender",
+            )
+
+
+class _HTTPRefused(Exception):
+    """A 4xx answer: the request itself is refused (not a passing problem)."""
+
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class SMSRuError(SMSError):
+    """SMS.RU refused a status query (wrong api_id and the like)."""
+
+    def __init__(self, code: int | None, text: str = ""):
+        super().__init__(f"SMS.RU error {code}: {text or classify_send_error(code)[1]}")
+        self.code = code

@@ -1,0 +1,112 @@
+"""Admin forms: the contact import and the "Send SMS…" page."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from . import conf
+
+AUTO = ""
+
+
+class ContactImportForm(forms.Form):
+    """The upload step of the contact import; every option defaults to "detect"."""
+
+    file = forms.FileField(
+        label=_("File"),
+        help_text=_(
+            "CSV (UTF-8 or Windows-1251; “,”, “;” or tab) or Excel .xlsx. The first line holds "
+            "the column titles: Last name, First name, Middle name, Phone, Email, Groups, "
+            "Notes, External ID (in Russian or English)."
+        ),
+    )
+    format = forms.ChoiceField(
+        label=_("Format"),
+        required=False,
+        choices=[(AUTO, _("Detect")), ("csv", "CSV"), ("xlsx", "Excel (.xlsx)")],
+    )
+    encoding = forms.ChoiceField(
+        label=_("Encoding"),
+        required=False,
+        choices=[(AUTO, _("Detect")), ("utf-8", "UTF-8"), ("cp1251", "Windows-1251")],
+    )
+    delimiter = forms.ChoiceField(
+        label=_("Delimiter"),
+        required=False,
+        choices=[(AUTO, _("Detect")), (";", ";"), (",", ","), ("tab", _("tab"))],
+    )
+    group = forms.CharField(
+        label=_("Add to group"),
+        required=False,
+        max_length=200,
+        help_text=_("Every imported contact joins this group (created when missing)."),
+    )
+
+
+class ContactImportConfirmForm(forms.Form):
+    """The confirm step: the uploaded file kept on the server, and the options it was read with."""
+
+    token = forms.RegexField(regex=r"^[A-Za-z0-9_-]{8,64}$", widget=forms.HiddenInput)
+    filename = forms.CharField(required=False, widget=forms.HiddenInput)
+    format = forms.CharField(required=False, widget=forms.HiddenInput)
+    encoding = forms.CharField(required=False, widget=forms.HiddenInput)
+    delimiter = forms.CharField(required=False, widget=forms.HiddenInput, strip=False)
+    group = forms.CharField(required=False, widget=forms.HiddenInput)
+
+
+class SendSMSForm(forms.Form):
+    """The "Send SMS…" page: text (a template), sender, provider and an optional send time."""
+
+    name = forms.CharField(
+        label=_("Campaign name"),
+        required=False,
+        max_length=200,
+        help_text=_("Optional; by default the date and time."),
+    )
+    text = forms.CharField(
+        label=_("Text"),
+        widget=forms.Textarea(attrs={"rows": 5, "cols": 60, "class": "vLargeTextField"}),
+        help_text=_("You can use {{ first_name }}, {{ last_name }}, {{ middle_name }}."),
+    )
+    sender = forms.CharField(
+        label=_("Sender"),
+        required=False,
+        max_length=20,
+        help_text=_("The sender name registered with the provider."),
+    )
+    provider = forms.ChoiceField(label=_("Provider"))
+    scheduled_at = forms.DateTimeField(
+        label=_("Send at"),
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%d.%m.%Y %H:%M"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text=_("Leave empty to send now."),
+    )
+    # The text the user saw previewed; "Send" with another text shows the preview again.
+    previewed = forms.CharField(required=False, widget=forms.HiddenInput, strip=False)
+
+    def __init__(self, *args: Any, variables: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        aliases = conf.provider_aliases()
+        self.fields["provider"].choices = [(a, a) for a in aliases]
+        self.fields["provider"].initial = conf.default_provider()
+        if variables:
+            names = ", ".join(f"{{{{ {name} }}}}" for name in variables)
+            self.fields["text"].help_text = _("You can use %(names)s.") % {"names": names}
+
+    def clean_text(self) -> str:
+        # Browsers send textarea line breaks as CRLF; the counter on the page (and the user)
+        # count one character per line break.
+        return re.sub(r"\r\n?", "\n", self.cleaned_data["text"])
+
+    def preview_key(self) -> str:
+        """A digest of what a preview was made of; "Send" must carry the same one."""
+        data = self.cleaned_data
+        parts = [data.get("text", ""), data.get("sender", ""), data.get("provider", "")]
+        parts.append(str(data.get("scheduled_at") or ""))
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]

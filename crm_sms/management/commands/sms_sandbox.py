@@ -1,0 +1,100 @@
+"""``manage.py sms_sandbox``: run the MegaFon A2P emulator (``crm_sms.sandbox``) until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from crm_sms.sandbox import SEND_PATH, SandboxServer
+
+
+def _share(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(value)
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a local emulator of MegaFon's A2P HTTPS API (Basic auth, 20101/20102/88 answers, "
+        "delivery callbacks) and print the SMS_URL that points at it. Stops on Ctrl-C/SIGTERM."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
+        parser.add_argument("--port", type=int, default=8999, help="Port (0: any free one).")
+        parser.add_argument("--login", default="test", help="The login it accepts.")
+        parser.add_argument("--password", default="test", help="The password it accepts.")
+        parser.add_argument("--sender", default="Test", help="Sender put in the printed SMS_URL.")
+        parser.add_argument("--latency-ms", type=float, default=0, help="Delay of every answer.")
+        parser.add_argument("--fail-rate", type=_share, default=0.0, help="Share answered 503.")
+        parser.add_argument(
+            "--timeout-rate",
+            type=_share,
+            default=0.0,
+            help="Share answered after --timeout-s.",
+        )
+        parser.add_argument("--timeout-s", type=float, default=5.0)
+        parser.add_argument(
+            "--throttle-rate", type=_share, default=0.0, help="Share answered code 88."
+        )
+        parser.add_argument(
+            "--deliver-rate",
+            type=_share,
+            default=1.0,
+            help="Share of accepted messages reported delivered (the rest delivery_failed).",
+        )
+        parser.add_argument(
+            "--rate", type=float, default=None, help="Messages per second; over it, code 88."
+        )
+        parser.add_argument(
+            "--callback-delay", type=float, default=0.0, help="Seconds before a delivery report."
+        )
+        parser.add_argument("--no-callbacks", action="store_true", help="Post no delivery reports.")
+
+    def handle(self, *args, **options) -> None:
+        sandbox = SandboxServer(
+            host=options["host"],
+            port=options["port"],
+            login=options["login"],
+            password=options["password"],
+            latency_ms=options["latency_ms"],
+            fail_rate=options["fail_rate"],
+            timeout_rate=options["timeout_rate"],
+            timeout_s=options["timeout_s"],
+            throttle_rate=options["throttle_rate"],
+            rate=options["rate"],
+            deliver_rate=options["deliver_rate"],
+            callback_delay=options["callback_delay"],
+            callbacks=not options["no_callbacks"],
+        )
+        try:
+            sandbox.start()
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}. "
+                "Is another sandbox running? Pick another --port."
+            ) from exc
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.stdout.write(
+            f"MegaFon sandbox listening on {sandbox.base_url} (POST {SEND_PATH})\n"
+            f"SMS_URL={sandbox.sms_url(options['sender'])}\n"
+            "Quit with Ctrl-C."
+        )
+        self.stdout.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            sandbox.stop()
+        self.stdout.write(
+            f"Sandbox stopped: {len(sandbox.requests)} requests, {len(sandbox.accepted)} "
+            f"messages accepted, {len(sandbox.callbacks_sent)} delivery reports posted."
+        )

@@ -1,0 +1,246 @@
+"""send_sms and the outbox's send path: validation, results, retries, provider errors."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from crm_sms import sending
+from crm_sms.backends.base import SendStatus
+from crm_sms.models import Contact, EventSource, Message, MessageEvent, MessageStatus
+from tests.fixtures_outbox import sandbox_provider_config
+
+pytestmark = pytest.mark.django_db
+
+
+# --- send_sms: validation before anything is stored ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "to, text, kwargs, fragment",
+    [
+        ("12", "Hi", {}, "phone"),
+        ("+7 900 123-42-12", "", {}, "empty"),
+        ("+7 900 123-42-12", "Hi", {"provider": "nope"}, "nope"),
+    ],
+)
+def test_send_sms_rejects_bad_input_before_storing(locmem_provider, to, text, kwargs, fragment):
+    with pytest.raises(ValidationError) as info:
+        sending.send_sms(to, text, **kwargs)
+    assert fragment in " ".join(info.value.messages).lower()
+    assert Message.objects.count() == 0
+    assert locmem_provider == []
+
+
+def test_send_sms_rejects_a_bad_sender_of_the_provider(sandbox_provider):
+    with pytest.raises(ValidationError) as info:
+        sending.send_sms("+79001234212", "Hi", sender="Johnny_Viper")  # 12 characters
+    assert info.value.messages
+    assert Message.objects.count() == 0
+    assert sandbox_provider.requests == []
+
+
+def test_send_sms_refuses_an_opted_out_contact(locmem_provider):
+    contact = Contact.objects.create(phone="+79001234212", opted_out=True)
+    with pytest.raises(ValidationError, match="opted out"):
+        sending.send_sms("8 (900) 123-42-12", "Hi")
+    with pytest.raises(ValidationError, match="opted out"):
+        sending.send_sms("+79005550000", "Hi", contact=contact)
+    assert Message.objects.count() == 0
+
+
+def test_send_sms_queues_a_normalized_message(locmem_provider):
+    message = sending.send_sms("8 (900) 123-42-12", "Привет", sender="Shop")
+    message.refresh_from_db()
+    assert message.status == MessageStatus.QUEUED
+    assert message.phone == "+79001234212"
+    assert message.sender == "Shop"
+    assert message.provider == "default"
+    assert message.segments == 1
+    assert len(message.msg_id) == 16
+    assert locmem_provider == []  # queued, not sent
+
+
+def test_send_sms_links_the_contact_with_that_phone(locmem_provider):
+    contact = Contact.objects.create(phone="+79001234212", first_name="Anna")
+    message = sending.send_sms("89001234212", "Hi")
+    assert message.contact == contact
+
+
+def test_send_sms_counts_segments(locmem_provider):
+    message = sending.send_sms("+79001234212", "Ы" * 71)
+    assert message.segments == 2
+
+
+def test_send_sms_now_sends_through_the_worker_path(locmem_provider):
+    message = sending.send_sms("+79001234212", "Code 1234", now=True)
+    assert message.status == MessageStatus.SENT
+    assert message.sent_at is not None
+    assert message.attempts == 1
+    assert message.provider_message_id == message.msg_id
+    assert message.claimed_at is None
+    assert [(s.to, s.text, s.msg_id) for s in locmem_provider] == [
+        ("+79001234212", "Code 1234", message.msg_id)
+    ]
+    events = list(message.events.values_list("old_status", "new_status", "source"))
+    assert events == [
+        ("queued", "sending", EventSource.SEND),
+        ("sending", "sent", EventSource.SEND),
+    ]
+
+
+def test_send_sms_now_to_the_sandbox(sandbox_provider):
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.SENT
+    assert message.msg_id in sandbox_provider.accepted
+    assert sandbox_provider.accepted[message.msg_id]["to"] == 79001234212
+    assert message.last_response is not None
+
+
+def test_a_rejected_message_fails_with_the_provider_error(sandbox_provider):
+    sandbox_provider.configure(codes={"79001234212": 1282})
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.FAILED
+    assert message.error_code == "1282"
+    assert message.error_message
+    assert message.attempts == 1
+
+
+def test_a_retryable_failure_goes_back_to_queued_with_backoff(sandbox_provider):
+    sandbox_provider.configure(fail_rate=1.0)
+    before = timezone.now()
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.QUEUED
+    assert message.attempts == 1
+    assert message.next_attempt_at > before
+    assert message.error_code
+
+
+def test_retries_keep_the_msg_id_and_end_failed_after_max_attempts(sandbox_provider, settings):
+    settings.CRM_SMS = {**settings.CRM_SMS, "MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0}
+    sandbox_provider.configure(fail_rate=1.0)
+    message = sending.send_sms("+79001234212", "Hello")
+    for _ in range(5):
+        sending.dispatch_due()
+    message.refresh_from_db()
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 3
+    assert sandbox_provider.attempts == {message.msg_id: 3}
+
+
+def test_a_duplicate_msg_id_answer_means_sent(sandbox_provider):
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.SENT
+    # As if the worker died after the provider accepted: queued again, same msg_id.
+    Message.objects.filter(pk=message.pk).update(status=MessageStatus.QUEUED)
+    sending.dispatch_due()
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT
+    assert sandbox_provider.attempts[message.msg_id] == 2
+    assert len(sandbox_provider.accepted) == 1
+
+
+def test_retry_delay_doubles_with_jitter_and_is_capped(settings):
+    settings.CRM_SMS = {**settings.CRM_SMS, "RETRY_BACKOFF": 10, "RETRY_BACKOFF_MAX": 60}
+    delays = [sending.retry_delay(n) for n in (1, 2, 3, 4, 5)]
+    assert 8 <= delays[0] <= 12
+    assert 16 <= delays[1] <= 24
+    assert 32 <= delays[2] <= 48
+    assert delays[3] <= 60 and delays[4] <= 60
+    assert len({sending.retry_delay(1) for _ in range(20)}) > 1  # jitter
+
+
+def test_a_provider_error_of_a_single_message_is_retried(sandbox_provider, settings, caplog):
+    crm = dict(settings.CRM_SMS)
+    crm["PROVIDERS"] = {
+        "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
+    }
+    settings.CRM_SMS = crm
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.QUEUED
+    assert message.attempts == 1
+    assert message.next_attempt_at > timezone.now()
+    assert "wrong" not in str(message.last_response)
+    assert any("refused" in r.getMessage() for r in caplog.records)
+
+
+def test_a_delivery_report_that_came_first_keeps_its_status(locmem_provider, monkeypatch):
+    message = sending.send_sms("+79001234212", "Hello")
+    original = sending._write_results
+
+    def report_first(jobs, summary, gates):
+        # The report arrives after the provider answered, before the worker writes the result.
+        Message.objects.filter(pk=message.pk).update(status=MessageStatus.DELIVERED)
+        return original(jobs, summary, gates)
+
+    monkeypatch.setattr(sending, "_write_results", report_first)
+    summary = sending.dispatch_due()
+    message.refresh_from_db()
+    assert message.status == MessageStatus.DELIVERED
+    assert message.provider_message_id == message.msg_id
+    assert message.sent_at is not None
+    assert summary["sent"] == 1
+    assert not message.events.filter(new_status=MessageStatus.SENT).exists()
+
+
+def test_a_backend_exception_does_not_lose_the_message(locmem_provider, monkeypatch):
+    from crm_sms.backends.locmem import LocmemBackend
+
+    def broken(self, sms):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(LocmemBackend, "send", broken)
+    message = sending.send_sms("+79001234212", "Hello", now=True)
+    assert message.status == MessageStatus.QUEUED
+    assert message.error_code == "exception"
+    assert "boom" in message.error_message
+
+
+def test_a_message_for_an_unconfigured_provider_is_not_lost(locmem_provider, settings):
+    message = sending.send_sms("+79001234212", "Hello", provider="other")
+    providers = {"default": settings.CRM_SMS["PROVIDERS"]["default"]}
+    settings.CRM_SMS = {**settings.CRM_SMS, "PROVIDERS": providers}
+    sending.dispatch_due()
+    message.refresh_from_db()
+    assert message.status == MessageStatus.QUEUED
+    assert message.error_code == "configuration"
+
+
+def test_release_stale_claims_takes_back_old_sending_rows(locmem_provider, settings):
+    settings.CRM_SMS = {**settings.CRM_SMS, "CLAIM_TIMEOUT": 60}
+    old = sending.send_sms("+79001234212", "a")
+    fresh = sending.send_sms("+79001234213", "b")
+    long_ago = timezone.now() - timezone.timedelta(seconds=120)
+    Message.objects.filter(pk=old.pk).update(status=MessageStatus.SENDING, claimed_at=long_ago)
+    Message.objects.filter(pk=fresh.pk).update(
+        status=MessageStatus.SENDING, claimed_at=timezone.now()
+    )
+    assert sending.release_stale_claims() == 1
+    old.refresh_from_db()
+    fresh.refresh_from_db()
+    assert old.status == MessageStatus.QUEUED and old.claimed_at is None
+    assert fresh.status == MessageStatus.SENDING
+    assert MessageEvent.objects.filter(message=old, new_status="queued").exists()
+
+
+def test_claims_skip_rows_not_due(locmem_provider):
+    later = sending.send_sms("+79001234212", "later")
+    Message.objects.filter(pk=later.pk).update(
+        next_attempt_at=timezone.now() + timezone.timedelta(hours=1)
+    )
+    now_msg = sending.send_sms("+79001234213", "now")
+    claimed = sending.claim_due_messages(10)
+    assert [m.pk for m in claimed] == [now_msg.pk]
+    assert claimed[0].status == MessageStatus.SENDING
+    assert claimed[0].claimed_at is not None
+
+
+def test_send_result_kinds_are_the_contract():
+    assert {s.value for s in SendStatus} == {"accepted", "rejected", "retry", "provider_error"}
+
+
+def test_new_msg_ids_are_unique_and_well_formed():
+    ids = sending.new_msg_ids(5000)
+    assert len(set(ids)) == 5000
+    assert all(len(i) == 16 and i.isalnum() and i.isascii() for i in ids)
