@@ -102,8 +102,16 @@ class SendSMSAdminMixin:
         variables = list(kwargs.get("variables") or text.CONTACT_VARIABLES)
         bound = "_sms_step" in request.POST
         form = SendSMSForm(request.POST if bound else None, variables=variables)
+        draft = session_draft(request)
         if not bound:
             form.initial["sender"] = _default_sender(conf.default_provider())
+            if draft is not None:
+                form.initial.update(
+                    name=draft.name,
+                    text=draft.text,
+                    sender=draft.sender or form.initial["sender"],
+                    provider=draft.provider or conf.default_provider(),
+                )
         preview = None
         if bound and form.is_valid():
             data = form.cleaned_data
@@ -140,6 +148,12 @@ class SendSMSAdminMixin:
                     except ValidationError as exc:
                         _add_form_error(form, exc)
                     else:
+                        if draft is not None:
+                            # The draft became this campaign.
+                            Campaign.objects.filter(
+                                pk=draft.pk, status=CampaignStatus.DRAFT
+                            ).delete()
+                            request.session.pop(DRAFT_SESSION_KEY, None)
                         messages.success(
                             request,
                             ngettext(
@@ -167,6 +181,7 @@ class SendSMSAdminMixin:
             "app_label": opts.app_label,
             "form": form,
             "preview": preview,
+            "draft": draft,
             "counts": counts,
             "excluded": _excluded_rows(counts.excluded if counts else {}),
             "preview_key": form.preview_key() if preview is not None else "",
@@ -183,6 +198,18 @@ class SendSMSAdminMixin:
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.send_sms_template, context)
+
+
+DRAFT_SESSION_KEY = "crm_sms_draft"
+
+
+def session_draft(request: HttpRequest) -> Campaign | None:
+    """The draft campaign the user chose to send ("Send to contacts…"), if it is still a draft."""
+    session = getattr(request, "session", None)
+    pk = session.get(DRAFT_SESSION_KEY) if session is not None else None
+    if pk is None:
+        return None
+    return Campaign.objects.filter(pk=pk, status=CampaignStatus.DRAFT).first()
 
 
 def campaign_url(site_name: str, campaign: Campaign) -> str:
@@ -421,18 +448,34 @@ def _import_summary(result: Any) -> str:
     ) % {"created": result.created, "updated": result.updated, "unchanged": result.unchanged}
 
 
+class GroupChangeList(ChangeList):
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        # Members of the page's groups in one grouped query (not a count over every group).
+        through = Contact.groups.through
+        counts = dict(
+            through.objects.filter(contactgroup_id__in=[g.pk for g in self.result_list])
+            .order_by()
+            .values_list("contactgroup_id")
+            .annotate(n=Count("id"))
+        )
+        for group in self.result_list:
+            group._contacts_count = counts.get(group.pk, 0)
+
+
 @admin.register(ContactGroup)
 class ContactGroupAdmin(SendSMSAdminMixin, admin.ModelAdmin):
     list_display = ("name", "description", "contacts_count")
     search_fields = ("name",)
     show_full_result_count = False
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(_contacts_count=Count("contacts"))
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return GroupChangeList
 
-    @admin.display(description=gettext_lazy("contacts"), ordering="_contacts_count")
+    @admin.display(description=gettext_lazy("contacts"))
     def contacts_count(self, group: ContactGroup) -> int:
-        return group._contacts_count
+        count = getattr(group, "_contacts_count", None)
+        return group.contacts.count() if count is None else count
 
     def get_sms_recipients(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         """The members of the selected groups, each once (a semi-join, not a list of ids)."""
@@ -498,6 +541,7 @@ class CampaignChangeList(ChangeList):
 
 
 CAMPAIGN_OPERATIONS = {
+    "use": gettext_lazy("Send to contacts…"),
     "pause": gettext_lazy("Pause"),
     "resume": gettext_lazy("Resume"),
     "cancel": gettext_lazy("Cancel"),
@@ -523,6 +567,10 @@ class CampaignAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     show_full_result_count = False
     change_form_template = "admin/crm_sms/campaign/change_form.html"
+
+    class Media:
+        css = {"all": ["crm_sms/admin.css"]}  # the progress bars of the list
+
     actions = [
         "pause_action",
         "resume_action",
@@ -625,6 +673,7 @@ class CampaignAdmin(admin.ModelAdmin):
             raise PermissionDenied
         queryset = Campaign.objects.filter(pk=campaign.pk)
         handler = {
+            "use": self.use_draft,
             "pause": self.pause_action,
             "resume": self.resume_action,
             "cancel": self.cancel_action,
@@ -677,6 +726,7 @@ class CampaignAdmin(admin.ModelAdmin):
             return []
         status = campaign.status
         allowed = {
+            "use": status == CampaignStatus.DRAFT and request.user.has_perm(SEND_SMS_PERMISSION),
             "pause": status in (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED),
             "resume": status == CampaignStatus.PAUSED,
             "cancel": status
@@ -695,6 +745,22 @@ class CampaignAdmin(admin.ModelAdmin):
             for op, label in CAMPAIGN_OPERATIONS.items()
             if allowed[op]
         ]
+
+    def use_draft(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        """Remember the draft and go to the contacts: "Send SMS…" there starts from its text."""
+        draft = queryset.get()
+        if draft.status != CampaignStatus.DRAFT or not request.user.has_perm(SEND_SMS_PERMISSION):
+            raise PermissionDenied
+        request.session[DRAFT_SESSION_KEY] = draft.pk
+        self.message_user(
+            request,
+            _(
+                "Select the recipients (or groups) and choose “Send SMS…”: the text of "
+                "“%(name)s” is filled in."
+            )
+            % {"name": draft.name},
+        )
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:crm_sms_contact_changelist"))
 
     def _each(self, request: HttpRequest, queryset: QuerySet, func, done_message: str) -> None:
         """Run ``func`` on each campaign; a False result means "not applicable" (left as is)."""

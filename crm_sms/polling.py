@@ -60,12 +60,7 @@ def poll_statuses(provider: str | None = None, batch_size: int = 500) -> dict[st
     for alias, backend in pollable_providers(provider):
         counts["providers"] += 1
         cutoff = timezone.now() - timedelta(seconds=backend.report_window)
-        try:
-            _poll(alias, backend, cutoff, batch_size, counts)
-        except Exception:
-            # The provider is down, or refuses the query: try again on the next run.
-            counts["errors"] += 1
-            logger.exception("Polling delivery statuses from %s failed", alias)
+        _poll(alias, backend, cutoff, batch_size, counts)
         counts["expired"] += _expire(alias, cutoff, backend.report_window, batch_size)
     return counts
 
@@ -87,7 +82,14 @@ def _poll(alias: str, backend: BaseBackend, cutoff, batch_size: int, counts: dic
         if not batch:
             return
         last_pk = batch[-1].pk
-        reports = backend.query_status(batch)
+        try:
+            reports = backend.query_status(batch)
+        except Exception:
+            # The provider is down or refuses the query: stop asking it; the next run retries.
+            # (Database errors, outside this try, propagate.)
+            counts["errors"] += 1
+            logger.exception("Polling delivery statuses from %s failed", alias)
+            return
         applied = apply_delivery_reports(reports, provider=alias, source="poll")
         counts["checked"] += len(batch)
         counts["changed"] += applied["applied"]

@@ -1,10 +1,14 @@
 """Per-provider rate limits: at most ``RATE_LIMIT`` messages per second.
 
-The limiter spaces sends evenly (GCRA, the "generic cell rate algorithm", without burst): each
-send reserves the next free slot, and slots are ``(1 + MARGIN) / rate`` seconds apart. So no
-one-second window ever holds more than ``rate`` sends, even when a request reaches the provider a
-few milliseconds later than planned (up to ``MARGIN`` seconds of such jitter are absorbed), and
-with enough work ``1 / (1 + MARGIN)`` (97%) of the limit is used.
+Two steps per send:
+1. Pacing: the limiter spaces sends evenly (GCRA, the "generic cell rate algorithm", without
+   burst): each send reserves the next free slot, slots ``(1 + MARGIN) / rate`` seconds apart.
+2. A sliding-window log, checked when the thread actually goes to send: at most ``rate`` sends
+   may start within any ``1 + MARGIN`` seconds. A thread that woke late from step 1 (a busy
+   machine) therefore cannot bunch up with the threads after it.
+So no one-second window at the provider holds more than ``rate`` requests, as long as a request
+takes less than ``MARGIN`` seconds longer than another to get there; with enough work
+``1 / (1 + MARGIN)`` (96%) of the limit is used.
 
 Where Django's cache (``CRM_SMS["RATE_LIMIT_CACHE"]``, default ``"default"``) is Redis
 (``django.core.cache.backends.redis.RedisCache``), the schedule lives in Redis and is advanced by
@@ -15,9 +19,11 @@ one process.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 from . import conf
@@ -25,7 +31,7 @@ from . import conf
 logger = logging.getLogger("crm_sms.ratelimit")
 
 #: Extra spacing between slots, as a share of 1/rate; absorbs scheduling and network jitter.
-MARGIN = 0.03
+MARGIN = 0.04
 
 # KEYS[1]: the schedule key; ARGV[1]: the slot interval in microseconds; ARGV[2]: key TTL, ms.
 # Returns the delay (microseconds) until the slot reserved for the caller.
@@ -38,6 +44,22 @@ redis.call('SET', KEYS[1], string.format('%.0f', tat + tonumber(ARGV[1])), 'PX',
 return tat - now
 """
 
+# KEYS[1]: the log (a sorted set of send times); ARGV[1]: the limit; ARGV[2]: the window in
+# microseconds; ARGV[3]: a unique member. Returns 0 (logged: go) or microseconds to wait.
+_LOG_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
 
 class RateLimiter:
     """Reserve send slots; ``acquire`` blocks until the caller's slot comes."""
@@ -46,21 +68,33 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
+        self.limit = max(1, int(rate))  # sends allowed within one window of the log
         self.interval = (1.0 + MARGIN) / self.rate
+        self.window = (1.0 + MARGIN) * self.limit / self.rate
 
     def reserve(self) -> float:
         """Reserve the next slot; return the seconds to wait before using it."""
         raise NotImplementedError
 
+    def log_send(self) -> float:
+        """Log a send now and return 0, or return the seconds to wait (nothing logged)."""
+        raise NotImplementedError
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Wait for a slot. Returns False (without sending) when ``stop`` is set meanwhile."""
+        """Wait until this thread may send. False (send nothing) when ``stop`` is set."""
+
+        def pause(seconds: float) -> bool:
+            if stop is None:
+                time.sleep(seconds)
+                return True
+            return not stop.wait(seconds)
+
         delay = self.reserve()
-        if delay > 0:
-            if stop is not None:
-                if stop.wait(delay):
-                    return False
-            else:
-                time.sleep(delay)
+        if delay > 0 and not pause(delay):
+            return False
+        while (delay := self.log_send()) > 0:
+            if not pause(delay):
+                return False
         return not (stop is not None and stop.is_set())
 
 
@@ -71,6 +105,7 @@ class LocalRateLimiter(RateLimiter):
         super().__init__(rate)
         self._lock = threading.Lock()
         self._next = 0.0  # monotonic time of the next free slot
+        self._log: collections.deque[float] = collections.deque()
 
     def reserve(self) -> float:
         with self._lock:
@@ -78,6 +113,17 @@ class LocalRateLimiter(RateLimiter):
             slot = max(self._next, now)
             self._next = slot + self.interval
         return slot - now
+
+    def log_send(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            log = self._log
+            while log and log[0] <= now - self.window:
+                log.popleft()
+            if len(log) < self.limit:
+                log.append(now)
+                return 0.0
+            return log[0] + self.window - now + 1e-6
 
 
 class RedisRateLimiter(RateLimiter):
@@ -87,8 +133,11 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(rate)
         self.client = client
         self.key = key
+        self.log_key = key + ":log"
         self._script = client.register_script(_GCRA_LUA)
+        self._log_script = client.register_script(_LOG_LUA)
         self._interval_us = max(1, round(self.interval * 1_000_000))
+        self._window_us = max(1, round(self.window * 1_000_000))
         self._fallback: LocalRateLimiter | None = None
 
     def reserve(self) -> float:
@@ -106,6 +155,18 @@ class RedisRateLimiter(RateLimiter):
                 self._fallback = LocalRateLimiter(self.rate)
             return self._fallback.reserve()
         return int(delay_us) / 1_000_000
+
+    def log_send(self) -> float:
+        if self._fallback is not None:
+            return self._fallback.log_send()
+        member = f"{time.time_ns()}:{uuid.uuid4().hex[:8]}"
+        try:
+            wait_us = self._log_script(
+                keys=[self.log_key], args=[self.limit, self._window_us, member]
+            )
+        except Exception:  # Redis went away between the two steps: pacing alone then
+            return 0.0
+        return int(wait_us) / 1_000_000
 
 
 _limiters: dict[tuple[str, float], RateLimiter] = {}

@@ -92,7 +92,7 @@ def _lookup(reports: list[DeliveryReport], provider: str) -> tuple[dict, dict]:
         Message.objects.select_for_update()
         .filter(condition, provider=provider)
         .order_by("pk")
-        .defer("text", "last_response")
+        .defer("last_response")
     )
     by_msg_id: dict[str, Message] = {}
     by_provider_id: dict[str, Message] = {}

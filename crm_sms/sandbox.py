@@ -621,6 +621,7 @@ class SandboxServer:
         session = getattr(self._http, "session", None)
         if session is None:
             session = self._http.session = requests.Session()
+            session.trust_env = False  # callbacks go to the given URL, never via a proxy
         return session
 
     def delivery_report(self, message: dict, delivered: bool) -> dict[str, Any]:

@@ -40,8 +40,7 @@ from django.core.exceptions import (
     ValidationError,
 )
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Case, Q, Value, When
-from django.db.models.functions import Cast
+from django.db.models import Q
 from django.template.base import TextNode, VariableNode
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -76,9 +75,8 @@ QUEUED, SENDING, SENT, FAILED, CANCELLED = (
 )
 ACTIVE_STATUSES = (QUEUED, SENDING)
 
-#: Rows per INSERT when queuing a campaign, and per UPDATE when writing results.
+#: Rows per INSERT when queuing a campaign.
 INSERT_BATCH = 2000
-UPDATE_CHUNK = 250
 #: Defaults of the worker (``sms_worker`` options override them).
 DEFAULT_CONCURRENCY = 16
 DEFAULT_BATCH_SIZE = 200
@@ -556,7 +554,6 @@ class _MessageInserter:
             "campaign": shared.pop("campaign_id"),
             **shared,
         }
-        ops = connection.ops
         columns, self.constant_values = [], []
         for name, value in constants.items():
             model_field = Message._meta.get_field(name)
@@ -564,11 +561,7 @@ class _MessageInserter:
             self.constant_values.append(model_field.get_db_prep_save(value, connection))
         for name in self.VARYING:
             columns.append(Message._meta.get_field(name).column)
-        self.sql = "INSERT INTO {} ({}) VALUES ({})".format(
-            ops.quote_name(Message._meta.db_table),
-            ", ".join(ops.quote_name(c) for c in columns),
-            ", ".join(["%s"] * len(columns)),
-        )
+        self.columns = columns
 
     def insert(self, rows: list[tuple[int | None, str, str, int]]) -> None:
         """Insert ``rows`` of (contact_id, phone, text, segments), each with a fresh msg_id."""
@@ -577,8 +570,34 @@ class _MessageInserter:
             (*constant, *row, msg_id)
             for row, msg_id in zip(rows, new_msg_ids(len(rows)), strict=True)
         ]
-        with connection.cursor() as cursor:
-            cursor.executemany(self.sql, params)
+        insert_rows(Message._meta.db_table, self.columns, params)
+
+
+def insert_rows(table: str, columns: list[str], rows: list[tuple]) -> None:
+    """INSERT prepared ``rows`` into ``table`` fast: SQLite runs one prepared statement for all
+    rows (executemany), PostgreSQL with psycopg 3 uses COPY, other databases multi-row VALUES."""
+    if not rows:
+        return
+    ops = connection.ops
+    quoted = ", ".join(ops.quote_name(c) for c in columns)
+    head = f"INSERT INTO {ops.quote_name(table)} ({quoted}) VALUES "
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.executemany(head + one, rows)
+            return
+        raw = getattr(cursor, "cursor", None)
+        if connection.vendor == "postgresql" and hasattr(raw, "copy"):
+            with raw.copy(f"COPY {ops.quote_name(table)} ({quoted}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        per_statement = max(1, min(1000, 30000 // len(columns)))
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            cursor.execute(
+                head + ", ".join([one] * len(chunk)), [value for row in chunk for value in row]
+            )
 
 
 # --- campaign controls -------------------------------------------------------------------
@@ -589,11 +608,12 @@ def _complete_if_done(campaign_ids: Iterable[int], now: datetime | None = None) 
     ids = set(campaign_ids)
     if not ids:
         return []
-    active = set(
-        Message.objects.filter(campaign_id__in=ids, status__in=ACTIVE_STATUSES)
-        .values_list("campaign_id", flat=True)
-        .distinct()
-    )
+    # One indexed EXISTS per campaign (usually one or two per batch).
+    active = {
+        cid
+        for cid in ids
+        if Message.objects.filter(campaign_id=cid, status__in=ACTIVE_STATUSES).exists()
+    }
     done = sorted(ids - active)
     if done:
         Campaign.objects.filter(pk__in=done, status=CampaignStatus.RUNNING).update(
@@ -674,7 +694,7 @@ def retry_failed(campaign: Campaign) -> int:
         messages = list(
             Message.objects.select_for_update()
             .filter(campaign_id=campaign.pk, status=FAILED)
-            .exclude(contact__opted_out=True)
+            .exclude(contact_id__in=Contact.objects.filter(opted_out=True).values("pk"))
             .order_by("pk")
             .defer("text", "last_response")
         )
@@ -1353,32 +1373,24 @@ def _write_results(
 
 
 def _apply_updates(updates: dict[int, dict[str, Any]]) -> None:
-    """One UPDATE per group of rows sharing the same fields (per chunk): a field with one value
-    for all rows is set directly, one that differs goes through CASE WHEN pk = ..."""
+    """Write per-row field values: one prepared UPDATE per set of fields, run for all its rows
+    (executemany). The rows are locked by the caller's transaction."""
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for pk, values in updates.items():
         groups[tuple(sorted(values))].append(pk)
-    cast = connection.features.requires_casted_case_in_updates
+    ops = connection.ops
+    table = ops.quote_name(Message._meta.db_table)
+    pk_column = ops.quote_name(Message._meta.pk.column)
     for names, pks in groups.items():
-        for start in range(0, len(pks), UPDATE_CHUNK):
-            chunk = pks[start : start + UPDATE_CHUNK]
-            kwargs: dict[str, Any] = {}
-            for name in names:
-                values = [updates[pk][name] for pk in chunk]
-                first = values[0]
-                if all(v == first for v in values):
-                    kwargs[name] = Value(first, output_field=Message._meta.get_field(name))
-                    continue
-                model_field = Message._meta.get_field(name)
-                expression = Case(
-                    *(
-                        When(pk=pk, then=Value(v, output_field=model_field))
-                        for pk, v in zip(chunk, values, strict=True)
-                    ),
-                    output_field=model_field,
-                )
-                kwargs[name] = Cast(expression, output_field=model_field) if cast else expression
-            Message.objects.filter(pk__in=chunk).update(**kwargs)
+        fields = [Message._meta.get_field(name) for name in names]
+        assignments = ", ".join(f"{ops.quote_name(f.column)} = %s" for f in fields)
+        sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"
+        params = [
+            [f.get_db_prep_save(updates[pk][f.name], connection) for f in fields] + [pk]
+            for pk in pks
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
 
 
 # --- the worker --------------------------------------------------------------------------

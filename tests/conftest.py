@@ -54,3 +54,15 @@ def _fresh_backends():
     locmem.outbox.clear()
     yield
     reset_backends()
+
+
+@pytest.fixture(autouse=True)
+def _english_by_default(settings):
+    """Tests read English texts (the msgids); the demo's LANGUAGE_CODE is ru and crm_sms ships a
+    compiled ru catalog. A test that wants Russian asks for it (Accept-Language, override)."""
+    from django.utils import translation
+
+    settings.LANGUAGE_CODE = "en"
+    translation.activate("en")
+    yield
+    translation.deactivate()

@@ -127,21 +127,15 @@ def make_contacts(count: int, *, start: int = 0, **fields):
         "updated_at": now,
         **fields,
     }
-    ops = connection.ops
+    from crm_sms.sending import insert_rows
+
     columns, values = [], []
     for name, value in constants.items():
         model_field = Contact._meta.get_field(name)
         columns.append(model_field.column)
         values.append(model_field.get_db_prep_save(value, connection))
-    sql = "INSERT INTO {} ({}, phone, first_name) VALUES ({})".format(
-        ops.quote_name(Contact._meta.db_table),
-        ", ".join(ops.quote_name(c) for c in columns),
-        ", ".join(["%s"] * (len(columns) + 2)),
-    )
     rows = [(*values, f"+7900{start + i:07d}", f"Name{start + i}") for i in range(count)]
-    with connection.cursor() as cursor:
-        for offset in range(0, count, 5000):
-            cursor.executemany(sql, rows[offset : offset + 5000])
+    insert_rows(Contact._meta.db_table, [*columns, "phone", "first_name"], rows)
     first, last = f"+7900{start:07d}", f"+7900{start + count - 1:07d}"
     return Contact.objects.filter(phone__gte=first, phone__lte=last).order_by("pk")
 
@@ -193,9 +187,11 @@ class WorkerProcess:
         return self.proc.returncode, out
 
     def kill(self) -> None:
+        """SIGKILL (no clean-up at all), then reap the process."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.communicate()
 
 
 @pytest.fixture
@@ -221,3 +217,12 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+@pytest.fixture
+def english():
+    """User-facing texts in English (the demo's LANGUAGE_CODE is ru)."""
+    from django.utils import translation
+
+    with translation.override("en"):
+        yield

@@ -121,3 +121,46 @@ def test_control_needs_post_and_change_permission(client, campaign, viewer_user)
 
 def test_no_add_button(admin_en):
     assert admin_en.get(reverse("admin:crm_sms_campaign_add")).status_code == 403
+
+
+def test_a_draft_is_sent_through_the_contact_list(admin_en, campaign):
+    control(admin_en, campaign, "copy")
+    draft = Campaign.objects.get(status="draft")
+    admin_en.post(
+        change_url(draft),
+        {
+            "name": "Autumn",
+            "text": "Осень, {{ first_name }}",
+            "sender": "",
+            "provider": "default",
+            "scheduled_at_0": "",
+            "scheduled_at_1": "",
+        },
+    )
+    draft.refresh_from_db()
+    assert draft.text == "Осень, {{ first_name }}"
+    assert 'name="use"' in admin_en.get(change_url(draft)).content.decode()
+    response = control(admin_en, draft, "use")
+    assert response["Location"] == reverse("admin:crm_sms_contact_changelist")
+    contacts = list(Contact.objects.all()[:2])
+    data = {"action": "send_sms_action", "index": "0", "_selected_action": [c.pk for c in contacts]}
+    page = admin_en.post(reverse("admin:crm_sms_contact_changelist"), data)
+    form = page.context["form"]
+    assert form["text"].value() == "Осень, {{ first_name }}" and form["name"].value() == "Autumn"
+    fields = {
+        **data,
+        "_sms_step": "1",
+        "name": "Autumn",
+        "text": form["text"].value(),
+        "sender": form["sender"].value(),
+        "provider": "default",
+    }
+    key = admin_en.post(
+        reverse("admin:crm_sms_contact_changelist"), {**fields, "_preview": "1"}
+    ).context["preview_key"]
+    admin_en.post(
+        reverse("admin:crm_sms_contact_changelist"), {**fields, "previewed": key, "_send": "1"}
+    )
+    sent = Campaign.objects.get(name="Autumn")
+    assert sent.status == "running" and sent.recipients_count == 2
+    assert not Campaign.objects.filter(status="draft").exists()  # the draft became the campaign

@@ -174,3 +174,15 @@ def test_mixin_on_another_model(admin_user, sms_providers):
     assert preview.recipients == 1
     assert preview.samples[0]["text"] == "Hi Alice"
     assert "{{ who }}" in str(response.context_data["form"].fields["text"].help_text)
+
+
+def test_group_list_counts_members_in_one_query(
+    admin_en, contact_factory, django_assert_max_num_queries
+):
+    people = contact_factory(5)
+    for i in range(30):
+        ContactGroup.objects.create(name=f"group {i:02d}").contacts.set(people[: i % 6])
+    with django_assert_max_num_queries(8):
+        page = admin_en.get(reverse("admin:crm_sms_contactgroup_changelist"))
+    counts = {g.name: g._contacts_count for g in page.context["cl"].result_list}
+    assert counts["group 05"] == 5 and counts["group 06"] == 0

@@ -68,8 +68,16 @@ def shot():
 
 
 def test_import_send_and_delivery(
-    live_server, megafon_provider, settings, admin_user, shot, tmp_path, monkeypatch
+    django_db_setup,  # first: the live server (session-scoped) then stops before the test DB goes
+    live_server,
+    megafon_provider,
+    settings,
+    admin_user,
+    shot,
+    tmp_path,
+    monkeypatch,
 ):
+    from django.db import connections
     from playwright.sync_api import expect, sync_playwright
 
     from crm_sms import sending
@@ -185,3 +193,5 @@ def test_import_send_and_delivery(
             ru.close()
         finally:
             browser.close()
+            # The ORM calls above ran in Playwright's context, which got connections of its own.
+            connections.close_all()

@@ -21,7 +21,7 @@ from crm_sms.models import (
 )
 from tests.fixtures_outbox import make_contacts, sandbox_provider_config
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
 
 
 @pytest.fixture

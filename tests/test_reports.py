@@ -250,3 +250,42 @@ def test_empty_batch_does_nothing(django_assert_num_queries):
     with django_assert_num_queries(0):
         counts = apply_delivery_reports([], provider="default")
     assert counts["received"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_identical_reports_make_one_event_postgres():
+    """Two gunicorn workers receiving the same report at once: the row lock lets one apply it,
+    the other then sees a repeat."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("runs with DATABASE_URL=postgres://… (the PostgreSQL pass of .ci/run)")
+    messages = [make_message(phone=f"+7900123{i:04d}") for i in range(20)]
+    reports = [DeliveryReport(S.DELIVERED, msg_id=m.msg_id) for m in messages]
+    barrier = threading.Barrier(6)
+    results, errors = [], []
+
+    def worker(batch):
+        try:
+            barrier.wait()
+            results.append(apply_delivery_reports(batch, provider="default"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=worker, args=(reports if i % 2 else list(reversed(reports)),))
+        for i in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert sum(r["applied"] for r in results) == 20
+    assert sum(r["duplicate"] for r in results) == 100
+    assert MessageEvent.objects.count() == 20
+    assert Message.objects.filter(status=S.DELIVERED).count() == 20

@@ -364,7 +364,8 @@ def test_serves_quickly_with_many_keep_alive_clients(megafon_sandbox):
     assert 600 / elapsed > 200
 
 
-def test_management_command_prints_the_sms_url_and_stops_on_sigterm():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_management_command_prints_the_sms_url_and_stops_cleanly(signum):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [
@@ -399,7 +400,7 @@ def test_management_command_prints_the_sms_url_and_stops_on_sigterm():
             timeout=5,
         )
         assert code_of(response) == 0
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert "1 messages accepted" in out

@@ -11,7 +11,7 @@ from crm_sms.backends.base import SendStatus
 from crm_sms.models import Contact, EventSource, Message, MessageEvent, MessageStatus
 from tests.fixtures_outbox import sandbox_provider_config
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
 
 
 # --- send_sms: validation before anything is stored ---------------------------------------

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import requests
 from django.urls import reverse
 
 from crm_sms.backends import get_backend
@@ -148,20 +149,30 @@ def test_live_round_trip_fake_smsru_posts_signed_callbacks(
         Message.objects.create(
             phone=f"+7900123420{i}", text="Hi", provider="smsru", status=S.SENDING
         )
-        for i in range(3)
+        for i in range(4)
     ]
     send_through_backend(messages)
+    # Forged over real HTTP first: a bad hash, another account's api_id, a wrong URL token.
+    victim = Message.objects.get(pk=messages[3].pk)
+    entries = [status_entry(victim.provider_message_id, 106)]
+    assert smsru_provider.post_callback(entries, hash_="0" * 64).status_code == 403
+    form = callback_form("OTHER-ACCOUNT", entries)
+    assert requests.post(smsru_provider.callback_url, data=form, timeout=5).status_code == 403
+    wrong_token = smsru_provider.callback_url.replace("smsru-token", "guess")
+    assert smsru_provider.post_callback(entries, url=wrong_token).status_code == 404
     smsru_provider.wait_callbacks()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if Message.objects.filter(status=S.DELIVERED).count() == 3:
+        if Message.objects.filter(status=S.DELIVERED).count() == 4:
             break
         time.sleep(0.05)
-    assert Message.objects.filter(status=S.DELIVERED).count() == 3
-    assert all(answer == (200, "100") for answer in smsru_provider.callback_answers)
+    assert Message.objects.filter(status=S.DELIVERED).count() == 4
+    answers = smsru_provider.callback_answers  # the forged two, then 102s and 103s (a POST each)
+    assert sorted(code for code, _ in answers) == [200, 200, 403, 404]
+    assert [body for code, body in answers if code == 200] == ["100", "100"]
     # 102 ("sent") repeats what the message already is: only the 103s made events.
-    assert MessageEvent.objects.filter(source="callback", new_status="delivered").count() == 3
-    assert MessageEvent.objects.count() == 3
+    assert MessageEvent.objects.filter(source="callback", new_status="delivered").count() == 4
+    assert MessageEvent.objects.count() == 4
 
 
 def test_outbox_sends_through_fake_smsru_and_reports_deliver(

@@ -364,3 +364,103 @@ def test_message_sent_by_the_outbox_becomes_delivered_untouched(megafon_live):
         assert events[-1] == ("callback", "delivered")
     callback_urls = {r["url"] for r in megafon_live.callbacks_sent}
     assert callback_urls == {get_backend("default").callback_url()}
+
+
+# --- what every provider's callbacks must do, run once per provider -----------------------
+
+
+class MegafonCase:
+    alias = "mf"
+    url = "megafon+http://test:test@127.0.0.1:1/?sender=Test"
+    content_type = "application/json"
+
+    def body(self, message: Message, delivered: bool = True) -> bytes:
+        stat = "DELIVRD" if delivered else "UNDELIV"
+        return json.dumps(
+            {
+                "msg_id": message.msg_id,
+                "receipted_message_id": message.provider_message_id,
+                "status": "delivered" if delivered else "delivery_failed",
+                "short_message": f"id:{message.provider_message_id} sub:001 dlvrd:001 "
+                f"submit date:2611280310 done date:2611280311 stat:{stat} err:000",
+            }
+        ).encode()
+
+    garbage = b"<xml>not a report</xml>"
+
+
+class SmsRuCase:
+    alias = "sr"
+    url = "smsru+http://CASE-API-ID@127.0.0.1:1/"
+    content_type = "application/x-www-form-urlencoded"
+
+    def body(self, message: Message, delivered: bool = True) -> bytes:
+        from urllib.parse import urlencode
+
+        from tests.fixtures_smsru import callback_form, status_entry
+
+        entry = status_entry(message.provider_message_id, 103 if delivered else 106)
+        return urlencode(callback_form("CASE-API-ID", [entry])).encode()
+
+    garbage = b"data%5B%5D=sms_status%0Ax%0Anot-a-code&hash=" + b"0" * 64
+
+
+@pytest.fixture(params=[MegafonCase, SmsRuCase], ids=["megafon", "smsru"])
+def case(request, settings, db):
+    from crm_sms.conf import parse_sms_url
+
+    case = request.param()
+    settings.CRM_SMS = {
+        "PROVIDERS": {case.alias: parse_sms_url(case.url)},
+        "DEFAULT_PROVIDER": case.alias,
+        "CALLBACK_TOKEN": TOKEN,
+    }
+    return case
+
+
+def case_message(case, i: int = 0) -> Message:
+    return Message.objects.create(
+        phone=f"+7900111{i:04d}",
+        text="Hi",
+        provider=case.alias,
+        status=S.SENT,
+        provider_message_id=f"PID-{i}",
+    )
+
+
+def case_post(client, case, body, token=TOKEN):
+    return client.post(url(case.alias, token), body, content_type=case.content_type)
+
+
+def test_contract_report_applied_and_answered_as_the_provider_expects(case, client):
+    message = case_message(case)
+    response = case_post(client, case, case.body(message))
+    expected = get_backend(case.alias).callback_response([])
+    assert (response.status_code, response.content) == (200, expected.content)
+    message.refresh_from_db()
+    assert message.status == S.DELIVERED
+
+
+def test_contract_repeats_and_late_contrary_reports_change_nothing(case, client):
+    message = case_message(case)
+    for delivered in (True, True, False):
+        assert case_post(client, case, case.body(message, delivered)).status_code == 200
+    message.refresh_from_db()
+    assert message.status == S.DELIVERED
+    assert message.events.count() == 1
+
+
+def test_contract_wrong_token_malformed_and_other_methods(case, client):
+    message = case_message(case)
+    assert case_post(client, case, case.body(message), token="nope").status_code == 404
+    assert case_post(client, case, case.garbage).status_code in (400, 403)
+    assert client.get(url(case.alias)).status_code == 405
+    message.refresh_from_db()
+    assert message.status == S.SENT
+
+
+def test_contract_unknown_message_is_200(case, client):
+    ghost = Message(msg_id="GhostMessage0001", provider_message_id="PID-ghost")
+    response = case_post(client, case, case.body(ghost))
+    assert response.status_code == 200
+    assert not MessageEvent.objects.exists()

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import threading
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -247,6 +248,7 @@ class MegafonBackend(BaseBackend):
         login = self.login if len(self.login) >= 3 else ""
         self._secrets = [s for s in (self.password, token, self._proxy_password(), login) if s]
         self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
 
     def _number_option(self, name: str, default: float, cast: type, minimum: float) -> Any:
         value = self.options.get(name)
@@ -272,32 +274,37 @@ class MegafonBackend(BaseBackend):
     def session(self) -> requests.Session:
         """One keep-alive session for all threads; its pool holds ``pool_size`` connections."""
         if self._session is None:
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(
-                pool_connections=2, pool_maxsize=self.pool_size, max_retries=0
-            )
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
-            session.auth = _BasicAuth(self._auth_header)
-            # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once here,
-            # not on every request as requests does (a sixth of a send's CPU), and the options
-            # win over it (requests would let the environment win over a session's settings).
-            session.trust_env = False
-            session.verify = self.ca_bundle or _environ_ca_bundle() or True
-            if self.proxy:
-                session.proxies = {"https": self.proxy, "http": self.proxy}
-            else:
-                session.proxies = requests.utils.get_environ_proxies(self.send_url)
-            session.headers.update(
-                {
-                    "Content-Type": "application/json; charset=utf-8",
-                    "Accept": "application/json",
-                    "User-Agent": "crm-sms",
-                }
-            )
-            self._session = session
+            with self._session_lock:
+                if self._session is None:
+                    self._session = self._new_session()
         return self._session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=2, pool_maxsize=self.pool_size, max_retries=0
+        )
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
+        session.auth = _BasicAuth(self._auth_header)
+        # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once here,
+        # not on every request as requests does (a sixth of a send's CPU), and the options
+        # win over it (requests would let the environment win over a session's settings).
+        session.trust_env = False
+        session.verify = self.ca_bundle or _environ_ca_bundle() or True
+        if self.proxy:
+            session.proxies = {"https": self.proxy, "http": self.proxy}
+        else:
+            session.proxies = requests.utils.get_environ_proxies(self.send_url)
+        session.headers.update(
+            {
+                "Content-Type": "application/json; charset=utf-8",
+                "Accept": "application/json",
+                "User-Agent": "crm-sms",
+            }
+        )
+        return session
 
     def close(self) -> None:
         """Close the pooled connections."""

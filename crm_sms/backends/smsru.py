@@ -34,6 +34,7 @@ from typing import Any
 import requests
 from django.core import checks
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ..models import MessageStatus
@@ -55,47 +56,50 @@ DEFAULT_BASE_URL = "https://sms.ru"
 MAX_RECIPIENTS = 100
 
 #: Error codes of /sms/send (request-wide or per number) -> how the outbox handles them.
-SEND_ERRORS: dict[int, tuple[SendStatus, str]] = {
-    200: (SendStatus.PROVIDER_ERROR, "Wrong api_id"),
-    201: (SendStatus.PROVIDER_ERROR, "Not enough money on the account"),
-    202: (SendStatus.REJECTED, "Wrong recipient number, or no route to it"),
-    203: (SendStatus.REJECTED, "No message text"),
-    204: (SendStatus.PROVIDER_ERROR, "The sender name is not approved by SMS.RU"),
-    205: (SendStatus.REJECTED, "The message is too long (over 8 SMS parts)"),
-    206: (SendStatus.PROVIDER_ERROR, "The daily sending limit is reached"),
-    207: (SendStatus.REJECTED, "No delivery route to this number"),
-    208: (SendStatus.REJECTED, "Wrong 'time' parameter"),
-    209: (SendStatus.REJECTED, "The number is in the account's stop list"),
-    210: (SendStatus.PROVIDER_ERROR, "GET used where POST is required"),
-    211: (SendStatus.PROVIDER_ERROR, "Method not found"),
-    212: (SendStatus.PROVIDER_ERROR, "The text must be sent in UTF-8"),
-    213: (SendStatus.REJECTED, "More than 100 recipients in one request"),
-    220: (SendStatus.RETRY, "The service is temporarily unavailable"),
-    230: (SendStatus.REJECTED, "The daily limit of messages to this number is reached"),
-    231: (SendStatus.RETRY, "Too many identical messages to this number within a minute"),
-    232: (SendStatus.REJECTED, "The daily limit of identical messages to this number is reached"),
-    233: (SendStatus.REJECTED, "Too many repeated code messages to this number"),
-    300: (SendStatus.PROVIDER_ERROR, "Wrong token (it expired or the IP changed)"),
-    301: (SendStatus.PROVIDER_ERROR, "Wrong api_id, or login/password"),
-    302: (SendStatus.PROVIDER_ERROR, "Authorized, but the account is not confirmed"),
-    500: (SendStatus.RETRY, "Server error at SMS.RU"),
+SEND_ERRORS: dict[int, tuple[SendStatus, Any]] = {
+    200: (SendStatus.PROVIDER_ERROR, _("Wrong api_id")),
+    201: (SendStatus.PROVIDER_ERROR, _("Not enough money on the account")),
+    202: (SendStatus.REJECTED, _("Wrong recipient number, or no route to it")),
+    203: (SendStatus.REJECTED, _("No message text")),
+    204: (SendStatus.PROVIDER_ERROR, _("The sender name is not approved by SMS.RU")),
+    205: (SendStatus.REJECTED, _("The message is too long (over 8 SMS parts)")),
+    206: (SendStatus.PROVIDER_ERROR, _("The daily sending limit is reached")),
+    207: (SendStatus.REJECTED, _("No delivery route to this number")),
+    208: (SendStatus.REJECTED, _("Wrong 'time' parameter")),
+    209: (SendStatus.REJECTED, _("The number is in the account's stop list")),
+    210: (SendStatus.PROVIDER_ERROR, _("GET used where POST is required")),
+    211: (SendStatus.PROVIDER_ERROR, _("Method not found")),
+    212: (SendStatus.PROVIDER_ERROR, _("The text must be sent in UTF-8")),
+    213: (SendStatus.REJECTED, _("More than 100 recipients in one request")),
+    220: (SendStatus.RETRY, _("The service is temporarily unavailable")),
+    230: (SendStatus.REJECTED, _("The daily limit of messages to this number is reached")),
+    231: (SendStatus.RETRY, _("Too many identical messages to this number within a minute")),
+    232: (
+        SendStatus.REJECTED,
+        _("The daily limit of identical messages to this number is reached"),
+    ),
+    233: (SendStatus.REJECTED, _("Too many repeated code messages to this number")),
+    300: (SendStatus.PROVIDER_ERROR, _("Wrong token (it expired or the IP changed)")),
+    301: (SendStatus.PROVIDER_ERROR, _("Wrong api_id, or login/password")),
+    302: (SendStatus.PROVIDER_ERROR, _("Authorized, but the account is not confirmed")),
+    500: (SendStatus.RETRY, _("Server error at SMS.RU")),
 }
 #: An error code missing from the table: permanent for this message, never retried forever.
 UNKNOWN_ERROR = SendStatus.REJECTED
 
 #: Delivery status codes (/sms/status and callbacks) -> MessageStatus, with their meaning.
-STATUS_CODES: dict[int, tuple[str, str]] = {
-    100: (MessageStatus.SENT, "In SMS.RU's queue"),
-    101: (MessageStatus.SENT, "Being passed to the operator"),
-    102: (MessageStatus.SENT, "Sent (on its way)"),
-    103: (MessageStatus.DELIVERED, "Delivered"),
-    104: (MessageStatus.UNDELIVERED, "Not delivered: its lifetime expired"),
-    105: (MessageStatus.UNDELIVERED, "Not delivered: deleted by the operator"),
-    106: (MessageStatus.UNDELIVERED, "Not delivered: phone failure"),
-    107: (MessageStatus.UNDELIVERED, "Not delivered: unknown reason"),
-    108: (MessageStatus.UNDELIVERED, "Not delivered: rejected"),
-    110: (MessageStatus.DELIVERED, "Delivered and read"),
-    150: (MessageStatus.UNDELIVERED, "Not delivered: no route to this number"),
+STATUS_CODES: dict[int, tuple[str, Any]] = {
+    100: (MessageStatus.SENT, _("In SMS.RU's queue")),
+    101: (MessageStatus.SENT, _("Being passed to the operator")),
+    102: (MessageStatus.SENT, _("Sent (on its way)")),
+    103: (MessageStatus.DELIVERED, _("Delivered")),
+    104: (MessageStatus.UNDELIVERED, _("Not delivered: its lifetime expired")),
+    105: (MessageStatus.UNDELIVERED, _("Not delivered: deleted by the operator")),
+    106: (MessageStatus.UNDELIVERED, _("Not delivered: phone failure")),
+    107: (MessageStatus.UNDELIVERED, _("Not delivered: unknown reason")),
+    108: (MessageStatus.UNDELIVERED, _("Not delivered: rejected")),
+    110: (MessageStatus.DELIVERED, _("Delivered and read")),
+    150: (MessageStatus.UNDELIVERED, _("Not delivered: no route to this number")),
 }
 NOT_FOUND = -1  # /sms/status: no such sms_id (yet): no report
 
@@ -115,8 +119,8 @@ def classify_send_error(code: int | None, text: str = "") -> tuple[SendStatus, s
     """The SendStatus and a readable message for an SMS.RU error code."""
     if code in SEND_ERRORS:
         status, meaning = SEND_ERRORS[code]
-        return status, text or meaning
-    return UNKNOWN_ERROR, text or f"SMS.RU error {code}"
+        return status, text or str(meaning)
+    return UNKNOWN_ERROR, text or gettext("SMS.RU error %(code)s") % {"code": code}
 
 
 def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
@@ -125,7 +129,11 @@ def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
         return None
     status, meaning = STATUS_CODES.get(code, (MessageStatus.UNDELIVERED, ""))
     if status == MessageStatus.UNDELIVERED:
-        return status, str(code), text or meaning or f"SMS.RU status {code}"
+        return (
+            status,
+            str(code),
+            text or str(meaning) or gettext("SMS.RU status %(code)s") % {"code": code},
+        )
     return status, "", ""
 
 
@@ -238,7 +246,8 @@ class SmsRuBackend(BaseBackend):
                 SendResult(
                     SendStatus.PROVIDER_ERROR,
                     error_code=f"http_{exc.status}",
-                    error_message=f"SMS.RU refused the request: HTTP {exc.status}",
+                    error_message=gettext("SMS.RU refused the request: HTTP %(status)s")
+                    % {"status": exc.status},
                     raw={"http_status": exc.status, "body": exc.body},
                 )
                 for _ in batch
@@ -250,7 +259,8 @@ class SmsRuBackend(BaseBackend):
                 SendResult(
                     SendStatus.RETRY,
                     error_code="network",
-                    error_message=f"SMS.RU did not answer properly ({kind})",
+                    error_message=gettext("SMS.RU did not answer properly (%(error)s)")
+                    % {"error": kind},
                     raw={"error": kind},
                 )
                 for _ in batch
@@ -272,7 +282,7 @@ class SmsRuBackend(BaseBackend):
             return SendResult(
                 SendStatus.RETRY,
                 error_code="no_answer",
-                error_message="SMS.RU's answer does not mention this number",
+                error_message=gettext("SMS.RU's answer does not mention this number"),
             )
         code = _code(entry.get("status_code"))
         if entry.get("status") == "OK" and entry.get("sms_id"):

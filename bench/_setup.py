@@ -1,0 +1,77 @@
+"""Shared start-up of the benchmarks: a Django environment on a temporary SQLite file (or
+``DATABASE_URL``), migrated, with the MegaFon sandbox as the default provider."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django(sms_url: str, **env: str) -> None:
+    """Point Django at a fresh database and at ``sms_url``; migrate quietly."""
+    sys.path.insert(0, str(ROOT))
+    if not os.environ.get("DATABASE_URL"):
+        directory = tempfile.mkdtemp(prefix="crm-sms-bench-")
+        os.environ["DATABASE_URL"] = f"sqlite:///{directory}/bench.sqlite3"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    os.environ["SMS_URL"] = sms_url
+    os.environ.setdefault("SMS_LOG_LEVEL", "WARNING")
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def queue_messages(count: int, text: str = "Bench message {{ first_name }}") -> int:
+    """Create ``count`` contacts and queue a campaign to them; returns the campaign id."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from crm_sms.models import Contact
+    from crm_sms.sending import insert_rows, send_campaign
+
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    start = Contact.objects.count()
+    rows = [
+        (f"+7900{start + i:07d}", f"N{start + i}", "", "", "", False, "", "", now, now)
+        for i in range(count)
+    ]
+    columns = [
+        "phone",
+        "first_name",
+        "last_name",
+        "middle_name",
+        "email",
+        "opted_out",
+        "notes",
+        "external_id",
+        "created_at",
+        "updated_at",
+    ]
+    insert_rows(Contact._meta.db_table, columns, rows)
+    contacts = Contact.objects.filter(pk__gt=Contact.objects.order_by("pk")[start].pk - 1)
+    return send_campaign(contacts, text).pk
+
+
+def window_stats(times: list[float]) -> dict[str, float]:
+    """Rate over the span of ``times`` (arrival times, seconds) and the most in any 1 s."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    return {
+        "count": len(times),
+        "seconds": round(span, 3),
+        "rate": round((len(times) - 1) / span, 1) if span else 0.0,
+        "max_in_1s": best,
+    }
