@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -392,6 +393,7 @@ class ContactAdmin(SendSMSAdminMixin, PhoneSearchMixin, ExportMixin, admin.Model
             if form.is_valid():
                 data = form.cleaned_data
                 upload_file = data["file"]
+                _remove_stale_uploads()
                 token = secrets.token_urlsafe(18)
                 upload = _upload_path(token)
                 with open(upload, "wb") as out:
@@ -417,7 +419,10 @@ class ContactAdmin(SendSMSAdminMixin, PhoneSearchMixin, ExportMixin, admin.Model
                             "filename": upload_file.name,
                             "format": result.format,
                             "encoding": result.encoding or "",
-                            "delimiter": result.delimiter or "",
+                            # A tab is passed by name: hidden inputs keep it, people don't.
+                            "delimiter": {"\t": "tab"}.get(
+                                result.delimiter or "", result.delimiter or ""
+                            ),
                             "group": data["group"],
                         }
                     )
@@ -440,6 +445,17 @@ class ContactAdmin(SendSMSAdminMixin, PhoneSearchMixin, ExportMixin, admin.Model
 
 def _upload_path(token: str) -> Path:
     return Path(tempfile.gettempdir()) / f"crm_sms_import_{token}"
+
+
+def _remove_stale_uploads(max_age: float = 24 * 3600) -> None:
+    """Uploads checked but never imported (the user went away) are kept a day at most."""
+    cutoff = time.time() - max_age
+    for upload in Path(tempfile.gettempdir()).glob("crm_sms_import_*"):
+        try:
+            if upload.stat().st_mtime < cutoff:
+                upload.unlink()
+        except OSError:
+            continue
 
 
 def _import_summary(result: Any) -> str:

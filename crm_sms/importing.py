@@ -767,8 +767,8 @@ class _Importer:
         if self.dry_run:
             return
         if to_create:
-            Contact.objects.bulk_create(to_create, batch_size=500)
-            if any(c.pk is None for c in to_create):  # a backend without RETURNING
+            insert_contacts(to_create, now)
+            if wanted_groups:
                 ids = dict(
                     Contact.objects.filter(phone__in=[c.phone for c in to_create]).values_list(
                         "phone", "id"
@@ -793,3 +793,51 @@ class _Importer:
                 batch_size=1000,
                 ignore_conflicts=True,
             )
+
+
+def insert_contacts(contacts: list[Contact], now: Any, chunk_size: int = 1000) -> None:
+    """INSERT new contacts with ``executemany``: the import's hot path.
+
+    ``bulk_create`` spends most of its time compiling one multi-row INSERT per few dozen rows
+    (SQLite allows 999 parameters); one prepared statement run over all rows is several times
+    faster on SQLite and PostgreSQL alike. Timestamps are set here (no ``save()`` runs), and
+    the ids are not read back (callers look them up by phone when they need them).
+    """
+    from django.db import connections, router
+    from django.db.models import DateTimeField
+
+    using = router.db_for_write(Contact)
+    connection = connections[using]
+    fields = [f for f in Contact._meta.concrete_fields if not f.primary_key]
+    for contact in contacts:
+        contact.created_at = contact.updated_at = now
+    prepared: dict[Any, Any] = {}
+
+    def prepare_datetime(field: DateTimeField, value: Any) -> Any:
+        if value is None:
+            return None
+        if value not in prepared:
+            prepared[value] = field.get_db_prep_save(value, connection)
+        return prepared[value]
+
+    converters = [
+        (f.attname, prepare_datetime if isinstance(f, DateTimeField) else None, f) for f in fields
+    ]
+    quote = connection.ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+        quote(Contact._meta.db_table),
+        ", ".join(quote(f.column) for f in fields),
+        ", ".join(["%s"] * len(fields)),
+    )
+    with connection.cursor() as cursor:
+        for start in range(0, len(contacts), chunk_size):
+            rows = [
+                [
+                    convert(field, getattr(contact, attname))
+                    if convert
+                    else getattr(contact, attname)
+                    for attname, convert, field in converters
+                ]
+                for contact in contacts[start : start + chunk_size]
+            ]
+            cursor.executemany(sql, rows)

@@ -70,7 +70,8 @@ class RateLimiter:
         self.rate = float(rate)
         self.limit = max(1, int(rate))  # sends allowed within one window of the log
         self.interval = (1.0 + MARGIN) / self.rate
-        self.window = (1.0 + MARGIN) * self.limit / self.rate
+        # At least a second (a fractional rate such as 10.5/s allows 10 in any second).
+        self.window = (1.0 + MARGIN) * max(1.0, self.limit / self.rate)
 
     def reserve(self) -> float:
         """Reserve the next slot; return the seconds to wait before using it."""
@@ -139,6 +140,7 @@ class RedisRateLimiter(RateLimiter):
         self._interval_us = max(1, round(self.interval * 1_000_000))
         self._window_us = max(1, round(self.window * 1_000_000))
         self._fallback: LocalRateLimiter | None = None
+        self._fallback_lock = threading.Lock()
 
     def reserve(self) -> float:
         # The key lives a little longer than the furthest reserved slot could be away.
@@ -146,13 +148,14 @@ class RedisRateLimiter(RateLimiter):
         try:
             delay_us = self._script(keys=[self.key], args=[self._interval_us, ttl_ms])
         except Exception as exc:  # Redis down: keep sending, limited within this process
-            if self._fallback is None:
-                logger.warning(
-                    "Rate limit %s: Redis unavailable (%s); limiting within this process only",
-                    self.key,
-                    exc,
-                )
-                self._fallback = LocalRateLimiter(self.rate)
+            with self._fallback_lock:
+                if self._fallback is None:
+                    logger.warning(
+                        "Rate limit %s: Redis unavailable (%s); limiting within this process",
+                        self.key,
+                        exc,
+                    )
+                    self._fallback = LocalRateLimiter(self.rate)
             return self._fallback.reserve()
         return int(delay_us) / 1_000_000
 

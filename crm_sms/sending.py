@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -39,7 +40,7 @@ from django.core.exceptions import (
     ImproperlyConfigured,
     ValidationError,
 )
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Q
 from django.template.base import TextNode, VariableNode
 from django.utils import timezone
@@ -984,6 +985,13 @@ class _Job:
     config_error: str = ""
     result: SendResult | None = None
     given_back: str = ""  # why it was not sent
+    # As claimed: the message instance is updated when results are written.
+    claimed_at: datetime | None = None
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self.claimed_at = self.message.claimed_at
+        self.attempts = self.message.attempts
 
 
 @dataclass
@@ -1040,6 +1048,7 @@ class Outbox:
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="crm-sms-send")
         self.gates: dict[str, _ProviderGate] = {}
         self._gates_lock = threading.Lock()
+        self.once = True
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1111,7 +1120,23 @@ class Outbox:
     def _claim(self, limit: int) -> list[_Job]:
         for gate in list(self.gates.values()):
             gate.rearm()
-        return self._jobs(claim_due_messages(limit, provider=self.provider))
+        with self._surviving_database_errors("claim"):
+            return self._jobs(claim_due_messages(limit, provider=self.provider))
+        return []
+
+    @contextlib.contextmanager
+    def _surviving_database_errors(self, what: str) -> Iterator[None]:
+        """A long-running worker outlives a database restart or a lock timeout: log, wait a
+        second and go on (unwritten results are kept and written next time; rows claimed by
+        nobody stay queued). ``--once`` runs let the error through."""
+        try:
+            yield
+        except DatabaseError:
+            if self.once:
+                raise
+            logger.exception("Outbox %s failed; retrying in a second", what)
+            close_old_connections()
+            self.stop.wait(1.0)
 
     def send_batch(self, messages: list[Message]) -> DispatchSummary:
         """Send already claimed ``messages`` and write their results (waits for all)."""
@@ -1130,6 +1155,7 @@ class Outbox:
         stop claiming after that long). On stop, requests in flight finish and unsent claims
         are given back (``queued``)."""
         started = time.monotonic()
+        self.once = once
         total = DispatchSummary()
         inflight: dict[Future, _Job] = {}
         finished: list[_Job] = []
@@ -1184,15 +1210,19 @@ class Outbox:
         return total
 
     def _housekeeping(self) -> None:
-        release_stale_claims()
-        start_due_campaigns()
+        with self._surviving_database_errors("housekeeping"):
+            release_stale_claims()
+            start_due_campaigns()
 
     def _flush(self, finished: list[_Job], total: DispatchSummary, started: float) -> None:
         if not finished:
             return
         batch = DispatchSummary()
-        self._write(finished, batch)
-        finished.clear()
+        with self._surviving_database_errors("writing results"):
+            self._write(finished, batch)
+            finished.clear()
+        if finished:
+            return
         for name in ("sent", "failed", "retried", "given_back"):
             setattr(total, name, getattr(total, name) + getattr(batch, name))
         total.paused_campaigns += batch.paused_campaigns
@@ -1222,7 +1252,7 @@ def _outcome(job: _Job, now: datetime, max_attempts: int, tripped: bool) -> dict
     if result is None:  # not sent: give the claim back without using an attempt
         delay = 0.0
         if job.given_back == "provider_error" and not message.campaign_id:
-            delay = retry_delay(message.attempts + 1)
+            delay = retry_delay(job.attempts + 1)
         return {
             "status": QUEUED,
             "next_attempt_at": now + timedelta(seconds=delay),
@@ -1235,7 +1265,7 @@ def _outcome(job: _Job, now: datetime, max_attempts: int, tripped: bool) -> dict
         "error_code": str(result.error_code or "")[:50],
         "error_message": result.error_message or "",
     }
-    attempts = message.attempts + 1
+    attempts = job.attempts + 1
     status = result.status
     if status is SendStatus.ACCEPTED:
         values.update(
@@ -1305,7 +1335,7 @@ def _write_results(
             status, claimed_at = current.get(pk, (None, None))
             result = job.result
             accepted = result is not None and result.status is SendStatus.ACCEPTED
-            ours = status == SENDING and claimed_at == message.claimed_at
+            ours = status == SENDING and claimed_at == job.claimed_at
             if not ours and not (accepted and status == QUEUED):
                 # Moved on meanwhile (a delivery report, a cancel, a take-back): keep its
                 # status; an accepted send still tells us the provider's id.

@@ -233,3 +233,21 @@ def test_admin_import_page_in_russian(client, admin_user):
     page = client.get(reverse("admin:crm_sms_contact_import"), headers={"accept-language": "ru"})
     assert page.status_code == 200
     assert "Импорт" in page.content.decode()
+
+
+def test_admin_import_tab_delimited_xlsx_and_confirm(admin_en):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    url = reverse("admin:crm_sms_contact_import")
+    tsv = csv_bytes([["Phone", "First name"], ["89001234212", "Tab"]], delimiter="\t")
+    page = admin_en.post(url, {"file": SimpleUploadedFile("x.txt", tsv)})
+    initial = page.context["confirm_form"].initial
+    assert initial["delimiter"] == "tab"
+    admin_en.post(url, {"_confirm": "1", **initial})
+    assert Contact.objects.get(phone="+79001234212").first_name == "Tab"
+    xlsx = xlsx_bytes([["Телефон", "Имя"], [79001234213, "Excel"]])
+    page = admin_en.post(url, {"file": SimpleUploadedFile("book.xlsx", xlsx)})
+    initial = page.context["confirm_form"].initial
+    assert initial["format"] == "xlsx"
+    admin_en.post(url, {"_confirm": "1", **initial})
+    assert Contact.objects.get(phone="+79001234213").first_name == "Excel"

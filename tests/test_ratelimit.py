@@ -168,3 +168,14 @@ def test_redis_down_falls_back_to_a_local_limit(settings):
     assert isinstance(limiter, ratelimit.RedisRateLimiter)
     times = hammer([limiter], 25, threads=4)
     assert max_in_window(times) <= 20
+
+
+def test_a_late_thread_cannot_bunch_up_with_the_next_ones():
+    """The log step: even if slots were granted back to back (a thread woke late), no more
+    than ``rate`` sends start within a window."""
+    limiter = ratelimit.LocalRateLimiter(10)
+    waits = [limiter.log_send() for _ in range(11)]
+    assert waits[:10] == [0.0] * 10
+    assert 0.9 < waits[10] <= limiter.window
+    fractional = ratelimit.LocalRateLimiter(10.5)
+    assert fractional.limit == 10 and fractional.window >= 1.0

@@ -226,3 +226,31 @@ def test_postgres_claims_skip_rows_locked_by_another_worker(requires_postgres, l
     finally:
         release.set()
         holder.join()
+
+
+@pytest.mark.django_db
+def test_a_database_error_does_not_stop_a_running_worker(locmem_provider, monkeypatch):
+    """A long-running worker logs a failed write, waits and writes the results again."""
+    import threading
+
+    from django.db import OperationalError
+
+    for i in range(3):
+        sending.send_sms(f"+7900123420{i}", "x")
+    stop = threading.Event()
+    calls = []
+    original = sending._write_results
+
+    def flaky(jobs, summary, gates):
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        original(jobs, summary, gates)
+        stop.set()
+
+    monkeypatch.setattr(sending, "_write_results", flaky)
+    summary = sending.run_worker(stop=stop)
+    assert len(calls) == 2 and calls[0] == calls[1] == 3
+    assert summary.sent == 3
+    assert statuses() == {MessageStatus.SENT: 3}
+    assert len(locmem_provider) == 3  # sent once, written on the second try
