@@ -22,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import random
 import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -936,6 +937,7 @@ class _ProviderGate:
         self.generation = 0
         self.tripped_upto = -1
         self.reason = ""
+        self.trip_recorded = False  # the pause it caused is written: a new probe may start
 
     @property
     def tripped(self) -> bool:
@@ -951,7 +953,8 @@ class _ProviderGate:
                     return True
                 self.cond.wait(0.1)
 
-    def leave(self, result: SendResult | None) -> None:
+    def leave(self, result: SendResult | None, generation: int) -> bool:
+        """Record a job's result; True when the gate is tripped for its generation."""
         with self.cond:
             self.inflight -= 1
             if result is not None:
@@ -959,17 +962,20 @@ class _ProviderGate:
                     self.proven = False
                     self.errors += 1
                     self.reason = result.error_message or result.error_code
-                    if self.errors >= self.pause_after:
+                    if self.errors >= self.pause_after and self.tripped_upto < self.generation:
                         self.tripped_upto = self.generation
+                        self.trip_recorded = False
                 elif result.status in (SendStatus.ACCEPTED, SendStatus.REJECTED):
                     self.proven = True
                     self.errors = 0
             self.cond.notify_all()
+            return generation <= self.tripped_upto
 
     def rearm(self) -> None:
-        """After the trip was recorded (campaigns paused): allow a new probe."""
+        """Once the trip is recorded (campaigns paused, single messages backed off): allow a
+        new probe for the messages claimed from now on."""
         with self.cond:
-            if self.tripped:
+            if self.tripped and self.trip_recorded:
                 self.generation += 1
                 self.errors = 0
                 self.proven = False
@@ -985,6 +991,8 @@ class _Job:
     config_error: str = ""
     result: SendResult | None = None
     given_back: str = ""  # why it was not sent
+    tripped: bool = False  # a provider-wide failure stopped this provider's sending
+    trip_reason: str = ""
     # As claimed: the message instance is updated when results are written.
     claimed_at: datetime | None = None
     attempts: int = 0
@@ -1072,7 +1080,10 @@ class Outbox:
             return job
         gate = self._gate(job.message.provider)
         if not gate.enter(job.generation, self.stop):
-            job.given_back = "stopping" if self.stop.is_set() else "provider_error"
+            if job.generation <= gate.tripped_upto:
+                job.given_back, job.tripped, job.trip_reason = "provider_error", True, gate.reason
+            else:
+                job.given_back = "stopping"
             return job
         result = None
         try:
@@ -1091,7 +1102,8 @@ class Outbox:
                 )
             job.result = result
         finally:
-            gate.leave(result)
+            if gate.leave(result, job.generation):
+                job.tripped, job.trip_reason = True, gate.reason
         return job
 
     # -- the main-thread side ---------------------------------------------------------------
@@ -1132,7 +1144,7 @@ class Outbox:
         try:
             yield
         except DatabaseError:
-            if self.once:
+            if self.once or connection.in_atomic_block:  # the caller's transaction is broken
                 raise
             logger.exception("Outbox %s failed; retrying in a second", what)
             close_old_connections()
@@ -1158,6 +1170,7 @@ class Outbox:
         self.once = once
         total = DispatchSummary()
         inflight: dict[Future, _Job] = {}
+        completed: queue.SimpleQueue[Future] = queue.SimpleQueue()
         finished: list[_Job] = []
         last_flush = last_housekeeping = time.monotonic()
         # Claim more while this many jobs are still waiting, so the pool never runs dry.
@@ -1184,7 +1197,9 @@ class Outbox:
                     next_claim = now + FLUSH_INTERVAL
                 total.claimed += claimed
                 for job in jobs:
-                    inflight[self.pool.submit(self._send, job)] = job
+                    future = self.pool.submit(self._send, job)
+                    inflight[future] = job
+                    future.add_done_callback(completed.put)
             if stopping:
                 for future in list(inflight):
                     if future.cancel():
@@ -1199,10 +1214,20 @@ class Outbox:
                     close_old_connections()
                     self.stop.wait(poll_interval)
                 continue
-            done, _ = wait(list(inflight), timeout=FLUSH_INTERVAL, return_when=FIRST_COMPLETED)
+            # Completed futures arrive on a queue: O(1) per answer (wait() on hundreds of
+            # futures at every answer cost more CPU than writing the results).
+            try:
+                done = [completed.get(timeout=FLUSH_INTERVAL)]
+            except queue.Empty:
+                done = []
+            while True:
+                try:
+                    done.append(completed.get_nowait())
+                except queue.Empty:
+                    break
             for future in done:
-                finished.append(future.result())
-                del inflight[future]
+                if inflight.pop(future, None) is not None and not future.cancelled():
+                    finished.append(future.result())
             if len(finished) >= self.batch_size or time.monotonic() - last_flush > FLUSH_INTERVAL:
                 self._flush(finished, total, started)
                 last_flush = time.monotonic()
@@ -1316,11 +1341,11 @@ def _write_results(
         return
     now = timezone.now()
     max_attempts = int(conf.get_setting("MAX_ATTEMPTS"))
-    tripped = {alias: gate.reason for alias, gate in gates.items() if gate.tripped}
     updates: dict[int, dict[str, Any]] = {}
     events: list[MessageEvent] = []
     pause: dict[int, str] = {}
     touched_campaigns: set[int] = set()
+    recorded: set[str] = set()  # providers whose trip (pause, backoff) is written here
     with transaction.atomic():
         by_pk = {job.message.pk: job for job in jobs}
         current = {
@@ -1332,6 +1357,8 @@ def _write_results(
         }
         for pk, job in by_pk.items():
             message = job.message
+            if job.tripped:
+                recorded.add(message.provider)
             status, claimed_at = current.get(pk, (None, None))
             result = job.result
             accepted = result is not None and result.status is SendStatus.ACCEPTED
@@ -1346,7 +1373,7 @@ def _write_results(
                     Message.objects.filter(pk=pk, sent_at__isnull=True).update(sent_at=now)
                     summary.sent += 1
                 continue
-            provider_tripped = message.provider in tripped
+            provider_tripped = job.tripped
             values = _outcome(job, now, max_attempts, provider_tripped)
             description = values.pop("_description")
             new_status = values["status"]
@@ -1373,7 +1400,7 @@ def _write_results(
                 if provider_tripped and (
                     result is None or result.status is SendStatus.PROVIDER_ERROR
                 ):
-                    pause[message.campaign_id] = tripped[message.provider]
+                    pause[message.campaign_id] = job.trip_reason
             old_status = status
             message.status = new_status
             for name, value in values.items():
@@ -1400,6 +1427,9 @@ def _write_results(
                 summary.paused_campaigns.append(campaign_id)
                 logger.error("Campaign %s paused: %s", campaign_id, reason)
         summary.completed_campaigns += _complete_if_done(touched_campaigns - set(pause), now)
+    for alias in recorded:
+        if alias in gates:
+            gates[alias].trip_recorded = True
 
 
 def _apply_updates(updates: dict[int, dict[str, Any]]) -> None:

@@ -186,3 +186,14 @@ def test_group_list_counts_members_in_one_query(
         page = admin_en.get(reverse("admin:crm_sms_contactgroup_changelist"))
     counts = {g.name: g._contacts_count for g in page.context["cl"].result_list}
     assert counts["group 05"] == 5 and counts["group 06"] == 0
+
+
+def test_send_page_in_russian(client, admin_user, people):
+    client.force_login(admin_user)
+    data = {"action": "send_sms_action", "index": "0", helpers.ACTION_CHECKBOX_NAME: [people[0].pk]}
+    listing = client.get(reverse(CHANGELIST), headers={"accept-language": "ru"})
+    assert "Отправить SMS…" in listing.content.decode()
+    page = client.post(reverse(CHANGELIST), data, headers={"accept-language": "ru"})
+    html = page.content.decode()
+    assert "Отправка SMS" in html and "1 получатель" in html
+    assert "символов: {characters}" in html  # the counter's template, translated

@@ -244,3 +244,26 @@ def test_new_msg_ids_are_unique_and_well_formed():
     ids = sending.new_msg_ids(5000)
     assert len(set(ids)) == 5000
     assert all(len(i) == 16 and i.isalnum() and i.isascii() for i in ids)
+
+
+def test_a_wrong_password_costs_at_most_pause_after_requests_for_single_messages(
+    sandbox_provider, settings
+):
+    """Single messages: PAUSE_AFTER provider errors stop the batch; the rest go back to the
+    queue with a backoff, without an attempt used."""
+    crm = dict(settings.CRM_SMS)
+    crm["PROVIDERS"] = {
+        "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
+    }
+    crm.update(RETRY_BACKOFF=60, RETRY_BACKOFF_MAX=600)
+    settings.CRM_SMS = crm
+    for i in range(10):
+        sending.send_sms(f"+7900123420{i}", "Hi")
+    summary = sending.dispatch_due(concurrency=8)
+    assert len(sandbox_provider.requests) <= 3
+    assert summary["sent"] == 0 and summary["failed"] == 0
+    now = timezone.now()
+    messages = list(Message.objects.all())
+    assert {m.status for m in messages} == {MessageStatus.QUEUED}
+    assert all(m.next_attempt_at > now for m in messages)
+    assert sum(m.attempts for m in messages) == len(sandbox_provider.requests)

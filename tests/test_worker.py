@@ -228,7 +228,7 @@ def test_postgres_claims_skip_rows_locked_by_another_worker(requires_postgres, l
         holder.join()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_database_error_does_not_stop_a_running_worker(locmem_provider, monkeypatch):
     """A long-running worker logs a failed write, waits and writes the results again."""
     import threading
