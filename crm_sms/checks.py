@@ -1,4 +1,4 @@
-"""System checks: a wrong SMS configuration is reported at start-up, with the env variable to fix."""
+"""System checks: a wrong SMS configuration is reported at start-up, naming the env variable."""
 
 from __future__ import annotations
 

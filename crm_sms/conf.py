@@ -90,8 +90,9 @@ def callback_tokens() -> list[str]:
 def parse_sms_url(url: str) -> dict[str, Any]:
     """Turn ``megafon://LOGIN:PASSWORD@host/?sender=X`` into a provider configuration dict.
 
-    ``scheme+http://`` selects plain HTTP (the sandbox). The user and password are URL-decoded, so a
-    password may hold ``:``, ``@``, ``/`` or ``%`` when written as ``%3A``, ``%40``, ``%2F``, ``%25``.
+    ``scheme+http://`` selects plain HTTP (the sandbox). The user and password are URL-decoded,
+    so a password may hold ``:``, ``@``, ``/`` or ``%`` written as ``%3A``, ``%40``, ``%2F``,
+    ``%25``.
     Query parameters become OPTIONS, except ``rate_limit`` which becomes RATE_LIMIT.
     """
     parts = urlsplit(url)

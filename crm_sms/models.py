@@ -80,7 +80,9 @@ class CampaignStatus(models.TextChoices):
 
 class Campaign(models.Model):
     name = models.CharField(_("name"), max_length=200)
-    text = models.TextField(_("text"), help_text=_("A template: {{ first_name }}, {{ last_name }}…"))
+    text = models.TextField(
+        _("text"), help_text=_("A template: {{ first_name }}, {{ last_name }}…")
+    )
     sender = models.CharField(_("sender"), max_length=20, blank=True)
     provider = models.CharField(_("provider"), max_length=50, blank=True)
     status = models.CharField(

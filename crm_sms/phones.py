@@ -93,8 +93,7 @@ def normalize_phone(value: object, region: str | None = None) -> str:
             _("“%(value)s” is not a valid phone number: no such number range in %(region)s.")
             % {
                 "value": text,
-                "region": phonenumbers.region_code_for_number(number)
-                or f"+{number.country_code}",
+                "region": phonenumbers.region_code_for_number(number) or f"+{number.country_code}",
             },
             code="invalid",
         )

@@ -121,8 +121,8 @@ class SMSTemplate:
             raise ValidationError(
                 _("Unknown variable(s) in the message: %(unknown)s. Available: %(known)s.")
                 % {
-                    "unknown": ", ".join("{{ %s }}" % n for n in unknown),
-                    "known": ", ".join("{{ %s }}" % n for n in self.variables),
+                    "unknown": ", ".join("{{ " + n + " }}" for n in unknown),
+                    "known": ", ".join("{{ " + n + " }}" for n in self.variables),
                 },
                 code="template_variable",
             )

@@ -26,16 +26,26 @@ def test_no_provider_is_a_warning(settings):
 
 
 def test_unknown_backend_path(settings):
-    found = ids(settings, {"PROVIDERS": {"bulk": {"BACKEND": "crm_sms.backends.nosuch.Backend"}},
-                           "DEFAULT_PROVIDER": "bulk"})
+    found = ids(
+        settings,
+        {
+            "PROVIDERS": {"bulk": {"BACKEND": "crm_sms.backends.nosuch.Backend"}},
+            "DEFAULT_PROVIDER": "bulk",
+        },
+    )
     assert "crm_sms.E002" in found
     assert "SMS_URL_BULK" in found["crm_sms.E002"].hint
     assert "crm_sms.backends.nosuch.Backend" in found["crm_sms.E002"].msg
 
 
 def test_default_provider_missing(settings):
-    found = ids(settings, {"PROVIDERS": {"a": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}},
-                           "DEFAULT_PROVIDER": "b"})
+    found = ids(
+        settings,
+        {
+            "PROVIDERS": {"a": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}},
+            "DEFAULT_PROVIDER": "b",
+        },
+    )
     assert "crm_sms.E001" in found
 
 

@@ -158,11 +158,15 @@ def test_get_backend_is_one_instance_per_alias_and_follows_settings(settings):
     assert backend is get_backend("default")
     assert backend.rate_limit == 5.0
     assert isinstance(get_backend("dev"), ConsoleBackend)
-    settings.CRM_SMS = {"PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}}}
+    settings.CRM_SMS = {
+        "PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}}
+    }
     assert type(get_backend()).__name__ == "DummyBackend"
 
 
 def test_get_backend_unknown_alias_names_the_env_variable(settings):
-    settings.CRM_SMS = {"PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}}}
+    settings.CRM_SMS = {
+        "PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}}
+    }
     with pytest.raises(ImproperlyConfigured, match="SMS_URL_BULK"):
         get_backend("bulk")
