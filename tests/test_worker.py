@@ -254,3 +254,41 @@ def test_a_database_error_does_not_stop_a_running_worker(locmem_provider, monkey
     assert summary.sent == 3
     assert statuses() == {MessageStatus.SENT: 3}
     assert len(locmem_provider) == 3  # sent once, written on the second try
+
+
+@pytest.mark.slow
+def test_the_benchmarks_run_and_print_json():
+    """Smoke test of bench/throughput.py and bench/ratelimit.py on tiny loads (a temporary
+    SQLite database each)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures_outbox import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SMS_"))}
+    out = subprocess.run(
+        [sys.executable, "bench/throughput.py", "-n", "60", "--rounds", "1", "--in-process"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert result["worker_runs"][0]["sent"] == 60
+    assert result["worker_rate_at_sandbox"] > 0 and result["ratio"] > 0
+    out = subprocess.run(
+        [sys.executable, "bench/ratelimit.py", "--limit", "40", "-n", "50"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert result["sent"] == 50
+    assert result["max_in_any_1s"] <= 40
