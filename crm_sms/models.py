@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 MSG_ID_ALPHABET = string.ascii_letters + string.digits
 MSG_ID_LENGTH = 16
@@ -75,7 +76,8 @@ class CampaignStatus(models.TextChoices):
     RUNNING = "running", _("running")
     PAUSED = "paused", _("paused")
     COMPLETED = "completed", _("completed")
-    CANCELLED = "cancelled", _("cancelled")
+    # Russian needs the campaign's own gender here: «рассылка отменена», «сообщение отменено».
+    CANCELLED = "cancelled", pgettext_lazy("campaign status", "cancelled")
 
 
 class Campaign(models.Model):
