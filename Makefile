@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput
 	$(DEMO_ENV) $(PY) manage.py load_demo_data
-	$(DEMO_ENV) $(PY) manage.py demo_superuser
+	$(DEMO_ENV) $(PY) manage.py demo_superuser --url http://127.0.0.1:$(DEMO_PORT)/admin/
 	@echo "Starting the MegaFon sandbox (:$(SANDBOX_PORT)), a worker and the site on http://127.0.0.1:$(DEMO_PORT)/admin/"
 	@trap 'kill 0' EXIT INT TERM; \
 	$(DEMO_ENV) $(PY) manage.py sms_sandbox --port $(SANDBOX_PORT) --login demo --password demo-password & \

@@ -9,8 +9,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
+        parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="printed as is")
 
-    def handle(self, *args, username: str, **options):
+    def handle(self, *args, username: str, url: str, **options):
         User = get_user_model()
         password = secrets.token_urlsafe(9)
         user, created = User.objects.get_or_create(
@@ -21,7 +22,7 @@ class Command(BaseCommand):
         user.save()
         self.stdout.write(
             self.style.SUCCESS(
-                f"\n  Admin: http://127.0.0.1:8000/admin/\n"
+                f"\n  Admin: {url}\n"
                 f"  Login: {username}\n  Password: {password}\n"
             )
         )
