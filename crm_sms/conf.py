@@ -23,6 +23,11 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 3600,
     "PAUSE_AFTER": 3,
     "DEFAULT_REGION": "RU",
+    # The outbox worker (``sms_worker`` options and ``dispatch_due`` arguments override these).
+    "CONCURRENCY": 16,
+    "BATCH_SIZE": 200,
+    "POLL_INTERVAL": 1.0,
+    "RATE_LIMIT_CACHE": "default",
 }
 
 # scheme -> (backend path, the option the URL's user part fills, the option its password fills)

@@ -192,7 +192,7 @@ def build_rate_limiter(alias: str, rate: float) -> RateLimiter:
     rate-limit cache is a RedisCache, else in-process."""
     from django.core.cache import caches
 
-    cache_alias = conf.sms_settings().get("RATE_LIMIT_CACHE", "default")
+    cache_alias = conf.get_setting("RATE_LIMIT_CACHE")
     try:
         cache = caches[cache_alias]
     except Exception:  # no such cache configured: an in-process limit is still a limit

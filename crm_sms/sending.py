@@ -6,8 +6,9 @@
 - A worker (``run_worker``, ``dispatch_due``, the Celery task) claims due rows in batches
   (``queued`` -> ``sending`` with ``claimed_at``; PostgreSQL ``SKIP LOCKED``, SQLite one writer),
   sends them from a thread pool through the provider's shared backend within its rate limit,
-  and writes results back in bulk. All database work happens in the worker's main thread; the
-  pool threads only talk HTTP.
+  and writes results back in bulk. A provider taking many recipients per request
+  (``max_batch_size`` > 1, SMS.RU) gets up to that many messages in one ``send_many`` call.
+  All database work happens in the worker's main thread; the pool threads only talk HTTP.
 - Retryable failures go back to ``queued`` with exponential backoff and jitter, always with the
   same ``msg_id`` (the provider's de-duplication key), until ``MAX_ATTEMPTS``.
 - A provider-wide failure (bad credentials, IP not allowed) pauses the campaign after at most
@@ -49,7 +50,7 @@ from django.utils.translation import gettext as _
 
 from . import conf
 from .backends import get_backend
-from .backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus
+from .backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus, SMSError
 from .events import record_events
 from .models import (
     MSG_ID_ALPHABET,
@@ -79,13 +80,8 @@ ACTIVE_STATUSES = (QUEUED, SENDING)
 
 #: Rows per INSERT when queuing a campaign.
 INSERT_BATCH = 2000
-#: Defaults of the worker (``sms_worker`` options override them).
-DEFAULT_CONCURRENCY = 16
-DEFAULT_BATCH_SIZE = 200
 #: How often a running worker takes back stale claims and starts scheduled campaigns, seconds.
 HOUSEKEEPING_INTERVAL = 5.0
-#: How long an idle worker sleeps before looking for due messages again, seconds.
-IDLE_POLL_INTERVAL = 1.0
 #: Results are written at least this often while sending, seconds.
 FLUSH_INTERVAL = 0.5
 
@@ -1034,6 +1030,42 @@ class DispatchSummary:
         }
 
 
+def _request(backend: BaseBackend, jobs: list[_Job]) -> list[SendResult]:
+    """One result per job: ``send`` for one message, ``send_many`` for several. A backend that
+    raises (or answers with the wrong number of results) gets every job retried: a backend bug
+    must not lose a message or stop the worker."""
+    try:
+        if len(jobs) == 1:
+            return [backend.send(jobs[0].sms)]
+        results = list(backend.send_many([job.sms for job in jobs]))
+        if len(results) != len(jobs):
+            raise SMSError(f"send_many returned {len(results)} results for {len(jobs)} messages")
+        return results
+    except Exception as exc:
+        logger.exception(
+            "Backend %r failed on %d message(s), msg_id %s",
+            backend,
+            len(jobs),
+            ", ".join(job.sms.msg_id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else ""),
+        )
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        return [
+            SendResult(SendStatus.RETRY, error_code="exception", error_message=error) for _ in jobs
+        ]
+
+
+def _gate_answer(results: list[SendResult]) -> SendResult | None:
+    """What one request tells the provider gate: any accepted or rejected message proves the
+    provider works; else a provider error counts once; else (retries) nothing is learned."""
+    for result in results:
+        if result.status in (SendStatus.ACCEPTED, SendStatus.REJECTED):
+            return result
+    for result in results:
+        if result.status is SendStatus.PROVIDER_ERROR:
+            return result
+    return results[0] if results else None
+
+
 class Outbox:
     """Claims due messages and sends them from a thread pool. All database work is done by the
     thread that calls ``run``/``send_batch``; the pool threads only call backends."""
@@ -1046,9 +1078,9 @@ class Outbox:
         stdout: TextIO | None = None,
         stop: threading.Event | None = None,
     ):
-        settings = conf.sms_settings()
-        self.concurrency = int(concurrency or settings.get("CONCURRENCY") or DEFAULT_CONCURRENCY)
-        self.batch_size = int(batch_size or settings.get("BATCH_SIZE") or DEFAULT_BATCH_SIZE)
+        # CRM_SMS CONCURRENCY / BATCH_SIZE unless given (the sms_worker options).
+        self.concurrency = int(concurrency or conf.get_setting("CONCURRENCY"))
+        self.batch_size = int(batch_size or conf.get_setting("BATCH_SIZE"))
         self.provider = provider
         self.stdout = stdout
         self.stop = stop or threading.Event()
@@ -1069,42 +1101,63 @@ class Outbox:
                 gate = self.gates.setdefault(alias, _ProviderGate(self.pause_after))
         return gate
 
-    def _send(self, job: _Job) -> _Job:
-        """Runs in a pool thread: one request, no database."""
-        if job.backend is None:
-            job.result = SendResult(
-                SendStatus.PROVIDER_ERROR,
-                error_code="configuration",
-                error_message=job.config_error,
-            )
-            return job
-        gate = self._gate(job.message.provider)
-        if not gate.enter(job.generation, self.stop):
-            if job.generation <= gate.tripped_upto:
-                job.given_back, job.tripped, job.trip_reason = "provider_error", True, gate.reason
-            else:
-                job.given_back = "stopping"
-            return job
-        result = None
-        try:
-            limiter = get_rate_limiter(job.backend.alias, job.backend.rate_limit)
-            if limiter is not None and not limiter.acquire(self.stop):
-                job.given_back = "stopping"
-                return job
-            try:
-                result = job.backend.send(job.sms)
-            except Exception as exc:  # a backend bug must not lose the message or the worker
-                logger.exception("Backend %r failed on msg_id %s", job.backend, job.sms.msg_id)
-                result = SendResult(
-                    SendStatus.RETRY,
-                    error_code="exception",
-                    error_message=f"{type(exc).__name__}: {exc}"[:500],
+    def _groups(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """``jobs`` as pool tasks: up to the backend's ``max_batch_size`` messages of one provider
+        per task (one request for many recipients), one per task where it takes one at a time."""
+        groups: list[list[_Job]] = []
+        open_groups: dict[tuple[str, int], list[_Job]] = {}
+        for job in jobs:
+            size = int(getattr(job.backend, "max_batch_size", 1) or 1)
+            if size <= 1:
+                groups.append([job])
+                continue
+            key = (job.message.provider, job.generation)
+            group = open_groups.get(key)
+            if group is None or len(group) >= size:
+                group = open_groups[key] = []
+                groups.append(group)
+            group.append(job)
+        return groups
+
+    def _send_group(self, jobs: list[_Job]) -> list[_Job]:
+        """Runs in a pool thread: one request for ``jobs`` (one provider), no database. The
+        provider gate counts the group as one request; each message uses a rate-limit slot."""
+        first = jobs[0]
+        backend = first.backend
+        if backend is None:
+            for job in jobs:
+                job.result = SendResult(
+                    SendStatus.PROVIDER_ERROR,
+                    error_code="configuration",
+                    error_message=job.config_error,
                 )
-            job.result = result
+            return jobs
+        gate = self._gate(first.message.provider)
+        if not gate.enter(first.generation, self.stop):
+            tripped = first.generation <= gate.tripped_upto
+            for job in jobs:
+                job.given_back = "provider_error" if tripped else "stopping"
+                if tripped:
+                    job.tripped, job.trip_reason = True, gate.reason
+            return jobs
+        answer = None  # what the gate learns from this request
+        try:
+            limiter = get_rate_limiter(backend.alias, backend.rate_limit)
+            if limiter is not None:
+                for _ in jobs:
+                    if not limiter.acquire(self.stop):
+                        for job in jobs:
+                            job.given_back = "stopping"
+                        return jobs
+            results = _request(backend, jobs)
+            for job, result in zip(jobs, results, strict=True):
+                job.result = result
+            answer = _gate_answer(results)
         finally:
-            if gate.leave(result, job.generation):
-                job.tripped, job.trip_reason = True, gate.reason
-        return job
+            if gate.leave(answer, first.generation):
+                for job in jobs:
+                    job.tripped, job.trip_reason = True, gate.reason
+        return jobs
 
     # -- the main-thread side ---------------------------------------------------------------
     def _jobs(self, messages: list[Message]) -> list[_Job]:
@@ -1157,7 +1210,9 @@ class Outbox:
         jobs = self._jobs(messages)
         for gate in list(self.gates.values()):
             gate.rearm()
-        done = list(self.pool.map(self._send, jobs))
+        done = [
+            job for group in self.pool.map(self._send_group, self._groups(jobs)) for job in group
+        ]
         self._write(done, summary)
         summary.seconds = time.monotonic() - started
         return summary
@@ -1169,7 +1224,8 @@ class Outbox:
         started = time.monotonic()
         self.once = once
         total = DispatchSummary()
-        inflight: dict[Future, _Job] = {}
+        inflight: dict[Future, list[_Job]] = {}  # a pool task -> its jobs (one request)
+        inflight_jobs = 0
         completed: queue.SimpleQueue[Future] = queue.SimpleQueue()
         finished: list[_Job] = []
         last_flush = last_housekeeping = time.monotonic()
@@ -1177,7 +1233,8 @@ class Outbox:
         low_water = max(self.concurrency * 2, self.batch_size // 2)
         self._housekeeping()
         next_claim = 0.0
-        poll_interval = float(conf.sms_settings().get("POLL_INTERVAL", IDLE_POLL_INTERVAL))
+        # How long an idle worker sleeps before looking for due messages again.
+        poll_interval = float(conf.get_setting("POLL_INTERVAL"))
         while True:
             now = time.monotonic()
             stopping = self.stop.is_set() or (
@@ -1188,7 +1245,7 @@ class Outbox:
                 self._housekeeping()
                 last_housekeeping = now
             claimed = None  # no claim tried in this round
-            if not stopping and len(inflight) < low_water and (not inflight or now >= next_claim):
+            if not stopping and inflight_jobs < low_water and (not inflight or now >= next_claim):
                 # Results first: a campaign paused by them must not be claimed again.
                 self._flush(finished, total, started)
                 jobs = self._claim(self.batch_size)
@@ -1196,16 +1253,19 @@ class Outbox:
                 if claimed < self.batch_size:  # drained: don't ask again at every answer
                     next_claim = now + FLUSH_INTERVAL
                 total.claimed += claimed
-                for job in jobs:
-                    future = self.pool.submit(self._send, job)
-                    inflight[future] = job
+                for group in self._groups(jobs):
+                    future = self.pool.submit(self._send_group, group)
+                    inflight[future] = group
+                    inflight_jobs += len(group)
                     future.add_done_callback(completed.put)
             if stopping:
                 for future in list(inflight):
                     if future.cancel():
-                        job = inflight.pop(future)
-                        job.given_back = "stopping"
-                        finished.append(job)
+                        group = inflight.pop(future)
+                        inflight_jobs -= len(group)
+                        for job in group:
+                            job.given_back = "stopping"
+                        finished.extend(group)
             if not inflight:
                 self._flush(finished, total, started)
                 if stopping or (once and claimed == 0):
@@ -1226,8 +1286,12 @@ class Outbox:
                 except queue.Empty:
                     break
             for future in done:
-                if inflight.pop(future, None) is not None and not future.cancelled():
-                    finished.append(future.result())
+                group = inflight.pop(future, None)
+                if group is None:  # cancelled and given back above
+                    continue
+                inflight_jobs -= len(group)
+                if not future.cancelled():
+                    finished.extend(future.result())
             if len(finished) >= self.batch_size or time.monotonic() - last_flush > FLUSH_INTERVAL:
                 self._flush(finished, total, started)
                 last_flush = time.monotonic()
@@ -1363,6 +1427,10 @@ def _write_results(
             result = job.result
             accepted = result is not None and result.status is SendStatus.ACCEPTED
             ours = status == SENDING and claimed_at == job.claimed_at
+            if message.campaign_id:
+                # Checked even when the row moved on: a delivery report may have finished the
+                # campaign's last message before this result was written.
+                touched_campaigns.add(message.campaign_id)
             if not ours and not (accepted and status == QUEUED):
                 # Moved on meanwhile (a delivery report, a cancel, a take-back): keep its
                 # status; an accepted send still tells us the provider's id.
@@ -1395,12 +1463,12 @@ def _write_results(
                     result.error_code,
                     result.error_message,
                 )
-            if message.campaign_id:
-                touched_campaigns.add(message.campaign_id)
-                if provider_tripped and (
-                    result is None or result.status is SendStatus.PROVIDER_ERROR
-                ):
-                    pause[message.campaign_id] = job.trip_reason
+            if (
+                message.campaign_id
+                and provider_tripped
+                and (result is None or result.status is SendStatus.PROVIDER_ERROR)
+            ):
+                pause[message.campaign_id] = job.trip_reason
             old_status = status
             message.status = new_status
             for name, value in values.items():
