@@ -22,7 +22,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(PY) pyproject.toml
-	$(PY) -m pip install -q -e ".[dev]" $(DJANGO)
+	$(PY) -m pip install -q -e ".[dev]" $(if $(DJANGO),"$(DJANGO)")
 	touch $@
 
 install: $(VENV)/.installed

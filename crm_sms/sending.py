@@ -1089,6 +1089,8 @@ class Outbox:
         self.gates: dict[str, _ProviderGate] = {}
         self._gates_lock = threading.Lock()
         self.once = True
+        self._busy_since: float | None = None  # for the progress line's rate
+        self._busy_done = 0
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1253,6 +1255,8 @@ class Outbox:
                 if claimed < self.batch_size:  # drained: don't ask again at every answer
                     next_claim = now + FLUSH_INTERVAL
                 total.claimed += claimed
+                if claimed and self._busy_since is None:
+                    self._busy_since, self._busy_done = now, 0
                 for group in self._groups(jobs):
                     future = self.pool.submit(self._send_group, group)
                     inflight[future] = group
@@ -1271,6 +1275,7 @@ class Outbox:
                 if stopping or (once and claimed == 0):
                     break
                 if claimed == 0:
+                    self._busy_since = None
                     close_old_connections()
                     self.stop.wait(poll_interval)
                 continue
@@ -1317,18 +1322,26 @@ class Outbox:
         total.paused_campaigns += batch.paused_campaigns
         total.completed_campaigns += batch.completed_campaigns
         total.seconds = time.monotonic() - started
+        # The rate of the current busy spell: an idle worker's lifetime average says nothing.
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since, self._busy_done = now, 0
+        self._busy_done += batch.sent + batch.failed + batch.retried
+        busy = now - self._busy_since
+        rate = self._busy_done / busy if busy > 0 else 0.0
         line = (
             f"sent {batch.sent}, failed {batch.failed}, retried {batch.retried}"
             + (f", given back {batch.given_back}" if batch.given_back else "")
             + f" | total sent {total.sent}, failed {total.failed}, retried {total.retried}, "
-            f"{total.rate:.1f} msg/s"
+            f"{rate:.1f} msg/s"
         )
         if batch.paused_campaigns:
             line += f" | paused campaign(s) {batch.paused_campaigns}"
-        if self.stdout is not None:
+        if self.stdout is not None:  # the command prints it; logging it too doubled each line
             self.stdout.write(line + "\n")
             self.stdout.flush()
-        logger.info("Outbox batch: %s", line)
+        else:
+            logger.info("Outbox batch: %s", line)
 
     def _write(self, jobs: list[_Job], summary: DispatchSummary) -> None:
         """Write the results of ``jobs`` back in bulk, with their events."""
