@@ -895,6 +895,20 @@ class ProviderFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReadOnlyAdminMixin:
+    """The log is written by the outbox and the delivery reports only: nobody adds, edits or
+    deletes a row by hand (the audit trail must stay true)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class MessageEventInline(admin.TabularInline):
     model = MessageEvent
     extra = 0
@@ -911,7 +925,7 @@ class MessageEventInline(admin.TabularInline):
 
 
 @admin.register(Message)
-class MessageAdmin(PhoneSearchMixin, admin.ModelAdmin):
+class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
     list_display = (
         "phone",
         "status",
@@ -958,15 +972,6 @@ class MessageAdmin(PhoneSearchMixin, admin.ModelAdmin):
     )
     fields = readonly_fields
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def has_send_sms_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(SEND_SMS_PERMISSION)
 
@@ -1010,7 +1015,7 @@ class MessageAdmin(PhoneSearchMixin, admin.ModelAdmin):
 
 
 @admin.register(MessageEvent)
-class MessageEventAdmin(admin.ModelAdmin):
+class MessageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "created_at",
         "message",
@@ -1037,12 +1042,3 @@ class MessageEventAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
     raw_id_fields = ("message",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -796,48 +796,33 @@ class _Importer:
 
 
 def insert_contacts(contacts: list[Contact], now: Any, chunk_size: int = 1000) -> None:
-    """INSERT new contacts with ``executemany``: the import's hot path.
+    """INSERT new contacts through ``bulk.insert_rows``: the import's hot path.
 
-    ``bulk_create`` spends most of its time compiling one multi-row INSERT per few dozen rows
-    (SQLite allows 999 parameters); one prepared statement run over all rows is several times
-    faster on SQLite and PostgreSQL alike. Timestamps are set here (no ``save()`` runs), and
-    the ids are not read back (callers look them up by phone when they need them).
+    Timestamps are set here (no ``save()`` runs), datetimes are prepared once, and the ids are
+    not read back (callers look them up by phone when they need them).
     """
-    from django.db import connections, router
+    from django.db import connection
     from django.db.models import DateTimeField
 
-    using = router.db_for_write(Contact)
-    connection = connections[using]
+    from .bulk import insert_rows
+
     fields = [f for f in Contact._meta.concrete_fields if not f.primary_key]
     for contact in contacts:
         contact.created_at = contact.updated_at = now
-    prepared: dict[Any, Any] = {}
+    prepared_now = DateTimeField().get_db_prep_save(now, connection)
 
-    def prepare_datetime(field: DateTimeField, value: Any) -> Any:
-        if value is None:
-            return None
-        if value not in prepared:
-            prepared[value] = field.get_db_prep_save(value, connection)
-        return prepared[value]
+    def value(field: Any, contact: Contact) -> Any:
+        raw = getattr(contact, field.attname)
+        if isinstance(field, DateTimeField):
+            if raw is None:
+                return None
+            return prepared_now if raw is now else field.get_db_prep_save(raw, connection)
+        return raw
 
-    converters = [
-        (f.attname, prepare_datetime if isinstance(f, DateTimeField) else None, f) for f in fields
-    ]
-    quote = connection.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(
-        quote(Contact._meta.db_table),
-        ", ".join(quote(f.column) for f in fields),
-        ", ".join(["%s"] * len(fields)),
-    )
-    with connection.cursor() as cursor:
-        for start in range(0, len(contacts), chunk_size):
-            rows = [
-                [
-                    convert(field, getattr(contact, attname))
-                    if convert
-                    else getattr(contact, attname)
-                    for attname, convert, field in converters
-                ]
-                for contact in contacts[start : start + chunk_size]
-            ]
-            cursor.executemany(sql, rows)
+    columns = [f.column for f in fields]
+    for start in range(0, len(contacts), chunk_size):
+        rows = [
+            tuple(value(field, contact) for field in fields)
+            for contact in contacts[start : start + chunk_size]
+        ]
+        insert_rows(Contact._meta.db_table, columns, rows)

@@ -51,6 +51,7 @@ from django.utils.translation import gettext as _
 from . import conf
 from .backends import get_backend
 from .backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus, SMSError
+from .bulk import insert_rows
 from .events import record_events
 from .models import (
     MSG_ID_ALPHABET,
@@ -571,33 +572,6 @@ class _MessageInserter:
         insert_rows(Message._meta.db_table, self.columns, params)
 
 
-def insert_rows(table: str, columns: list[str], rows: list[tuple]) -> None:
-    """INSERT prepared ``rows`` into ``table`` fast: SQLite runs one prepared statement for all
-    rows (executemany), PostgreSQL with psycopg 3 uses COPY, other databases multi-row VALUES."""
-    if not rows:
-        return
-    ops = connection.ops
-    quoted = ", ".join(ops.quote_name(c) for c in columns)
-    head = f"INSERT INTO {ops.quote_name(table)} ({quoted}) VALUES "
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.executemany(head + one, rows)
-            return
-        raw = getattr(cursor, "cursor", None)
-        if connection.vendor == "postgresql" and hasattr(raw, "copy"):
-            with raw.copy(f"COPY {ops.quote_name(table)} ({quoted}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
-        per_statement = max(1, min(1000, 30000 // len(columns)))
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            cursor.execute(
-                head + ", ".join([one] * len(chunk)), [value for row in chunk for value in row]
-            )
-
-
 # --- campaign controls -------------------------------------------------------------------
 
 
@@ -648,6 +622,40 @@ def resume_campaign(campaign: Campaign) -> bool:
     return bool(updated)
 
 
+def _move_messages(
+    queryset: Any, old: str, new: str, description: str, now: datetime, **fields: Any
+) -> int:
+    """Move the rows of ``queryset`` that are in status ``old`` to ``new`` (locked, one UPDATE)
+    with an admin event each. Call inside a transaction. Returns how many moved."""
+    messages = list(
+        queryset.select_for_update()
+        .filter(status=old)
+        .order_by("pk")
+        .defer("text", "last_response")
+    )
+    if not messages:
+        return 0
+    Message.objects.filter(pk__in=[m.pk for m in messages], status=old).update(
+        status=new, claimed_at=None, updated_at=now, **fields
+    )
+    for message in messages:
+        message.status = new
+    record_events(
+        [
+            MessageEvent(
+                message=message,
+                source=EventSource.ADMIN,
+                old_status=old,
+                new_status=new,
+                description=description,
+                created_at=now,
+            )
+            for message in messages
+        ]
+    )
+    return len(messages)
+
+
 def cancel_campaign(campaign: Campaign) -> int:
     """Cancel the campaign: its unsent (queued) messages become ``cancelled``. Messages already
     in flight finish. Returns how many messages were cancelled."""
@@ -656,32 +664,15 @@ def cancel_campaign(campaign: Campaign) -> int:
         Campaign.objects.filter(pk=campaign.pk).exclude(
             status__in=(CampaignStatus.COMPLETED, CampaignStatus.CANCELLED)
         ).update(status=CampaignStatus.CANCELLED, finished_at=now)
-        messages = list(
-            Message.objects.select_for_update()
-            .filter(campaign_id=campaign.pk, status=QUEUED)
-            .order_by("pk")
-            .defer("text", "last_response")
+        count = _move_messages(
+            Message.objects.filter(campaign_id=campaign.pk),
+            QUEUED,
+            CANCELLED,
+            _("Campaign cancelled"),
+            now,
         )
-        if messages:
-            Message.objects.filter(pk__in=[m.pk for m in messages], status=QUEUED).update(
-                status=CANCELLED, claimed_at=None, updated_at=now
-            )
-            events = []
-            for message in messages:
-                message.status = CANCELLED
-                events.append(
-                    MessageEvent(
-                        message=message,
-                        source=EventSource.ADMIN,
-                        old_status=QUEUED,
-                        new_status=CANCELLED,
-                        description=_("Campaign cancelled"),
-                        created_at=now,
-                    )
-                )
-            record_events(events)
     campaign.refresh_from_db()
-    return len(messages)
+    return count
 
 
 def retry_failed(campaign: Campaign) -> int:
@@ -689,43 +680,26 @@ def retry_failed(campaign: Campaign) -> int:
     campaign running. Returns how many were queued."""
     now = timezone.now()
     with transaction.atomic():
-        messages = list(
-            Message.objects.select_for_update()
-            .filter(campaign_id=campaign.pk, status=FAILED)
-            .exclude(contact_id__in=Contact.objects.filter(opted_out=True).values("pk"))
-            .order_by("pk")
-            .defer("text", "last_response")
-        )
-        if not messages:
-            return 0
-        Message.objects.filter(pk__in=[m.pk for m in messages], status=FAILED).update(
-            status=QUEUED,
+        count = _move_messages(
+            Message.objects.filter(campaign_id=campaign.pk).exclude(
+                contact_id__in=Contact.objects.filter(opted_out=True).values("pk")
+            ),
+            FAILED,
+            QUEUED,
+            _("Queued again after failure"),
+            now,
             attempts=0,
             next_attempt_at=now,
             error_code="",
             error_message="",
-            claimed_at=None,
-            updated_at=now,
         )
+        if not count:
+            return 0
         Campaign.objects.filter(pk=campaign.pk).exclude(status=CampaignStatus.PAUSED).update(
             status=CampaignStatus.RUNNING, finished_at=None
         )
-        events = []
-        for message in messages:
-            message.status = QUEUED
-            events.append(
-                MessageEvent(
-                    message=message,
-                    source=EventSource.ADMIN,
-                    old_status=FAILED,
-                    new_status=QUEUED,
-                    description=_("Queued again after failure"),
-                    created_at=now,
-                )
-            )
-        record_events(events)
     campaign.refresh_from_db()
-    return len(messages)
+    return count
 
 
 def resend_message(message: Message) -> Message:

@@ -21,8 +21,5 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         self.stdout.write(
-            self.style.SUCCESS(
-                f"\n  Admin: {url}\n"
-                f"  Login: {username}\n  Password: {password}\n"
-            )
+            self.style.SUCCESS(f"\n  Admin: {url}\n  Login: {username}\n  Password: {password}\n")
         )
