@@ -84,9 +84,15 @@ class SendSMSAdminMixin:
             kwargs["variables"] = dict(self.sms_template_variables)
         return kwargs
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)  # type: ignore[misc]
-        if self.has_send_sms_permission(request):
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 passes action_location (the change list or, new, the change form);
+        # Django 5.2 has no such argument. "Send SMS…" belongs on the change list only.
+        if action_location is None:
+            actions = super().get_actions(request)  # type: ignore[misc]
+        else:
+            actions = super().get_actions(request, action_location=action_location)  # type: ignore[misc]
+        on_change_list = action_location is None or action_location.name == "CHANGE_LIST"
+        if on_change_list and self.has_send_sms_permission(request):
             func = type(self).send_sms_action
             actions["send_sms_action"] = (func, "send_sms_action", func.short_description)
         return actions
