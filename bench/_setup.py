@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +76,30 @@ def window_stats(times: list[float]) -> dict[str, float]:
         "rate": round((len(times) - 1) / span, 1) if span else 0.0,
         "max_in_1s": best,
     }
+
+
+def _postgres_admin(url: str):
+    import psycopg
+
+    parts = urlsplit(url)
+    admin_url = urlunsplit(parts._replace(path="/postgres", query=""))
+    return psycopg.connect(admin_url, autocommit=True), parts.path.lstrip("/")
+
+
+def drop_database(url: str) -> None:
+    """Drop the bench database of ``url`` (PostgreSQL) or delete its file (SQLite)."""
+    if url.startswith("postgres"):
+        conn, name = _postgres_admin(url)
+        with conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    elif url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+
+
+def recreate_database(url: str) -> None:
+    """An empty bench database at ``url``."""
+    drop_database(url)
+    if url.startswith("postgres"):
+        conn, name = _postgres_admin(url)
+        with conn:
+            conn.execute(f'CREATE DATABASE "{name}"')

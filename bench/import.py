@@ -32,9 +32,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from _setup import ROOT, recreate_database  # noqa: E402  (the bench folder)
+
 sys.path.insert(0, str(ROOT))
 
 HEADERS = ["Фамилия", "Имя", "Отчество", "Телефон", "Эл. почта", "Группы", "Примечание", "Код"]
@@ -84,20 +84,6 @@ def write_1c_csv(path: Path, rows: list[list[str]]) -> None:
         writer.writerows(rows)
 
 
-def prepare_database(url: str) -> None:
-    if url.startswith("postgres"):
-        import psycopg
-
-        parts = urlsplit(url)
-        name = parts.path.lstrip("/")
-        admin_url = urlunsplit(parts._replace(path="/postgres", query=""))
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    elif url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -108,7 +94,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    prepare_database(args.database_url)
+    recreate_database(args.database_url)
     os.environ["DATABASE_URL"] = args.database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["DEBUG"] = "0"
