@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
-import threading
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,7 +33,6 @@ from django.utils.translation import gettext_lazy
 
 from ..models import MessageStatus
 from .base import (
-    BaseBackend,
     CallbackError,
     ConfigurationError,
     DeliveryReport,
@@ -43,6 +40,7 @@ from .base import (
     SendResult,
     SendStatus,
 )
+from .http import HTTPBackend
 
 logger = logging.getLogger("crm_sms.backends.megafon")
 
@@ -186,10 +184,6 @@ def parse_receipt_date(value: str, tz: Any = UTC, now: datetime | None = None) -
     return min(candidates, key=lambda dt: abs(dt - now))
 
 
-def _environ_ca_bundle() -> str:
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ""
-
-
 class _BasicAuth(requests.auth.AuthBase):
     """Sets a precomputed Basic header; it never shows the credentials in a repr."""
 
@@ -204,7 +198,7 @@ class _BasicAuth(requests.auth.AuthBase):
         return "<BasicAuth ***>"
 
 
-class MegafonBackend(BaseBackend):
+class MegafonBackend(HTTPBackend):
     """Sends through MegaFon's A2P HTTPS API and parses its delivery reports."""
 
     display_name = "MegaFon"
@@ -230,11 +224,6 @@ class MegafonBackend(BaseBackend):
             parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
         self.base_url = urlunsplit(parts)
         self.send_url = self.base_url + SEND_PATH
-        self.pool_size = self._number_option("pool_size", 32, int, minimum=1)
-        self.connect_timeout = self._number_option("connect_timeout", 10.0, float, minimum=0.001)
-        self.read_timeout = self._number_option("read_timeout", 60.0, float, minimum=0.001)
-        self.proxy = str(opts.get("proxy") or "")
-        self.ca_bundle = str(opts.get("ca_bundle") or "")
         tz_name = str(opts.get("receipt_timezone") or "UTC")
         try:
             self.receipt_timezone = ZoneInfo(tz_name)
@@ -246,71 +235,15 @@ class MegafonBackend(BaseBackend):
         self._auth_header = f"Basic {token}"
         # The login is redacted too, unless it is so short that it would mangle other text.
         login = self.login if len(self.login) >= 3 else ""
-        self._secrets = [s for s in (self.password, token, self._proxy_password(), login) if s]
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
-
-    def _number_option(self, name: str, default: float, cast: type, minimum: float) -> Any:
-        value = self.options.get(name)
-        if value in (None, ""):
-            return default
-        try:
-            number = cast(float(value)) if cast is int else cast(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{self.env_variable}: option {name}={value!r} is not a number"
-            ) from exc
-        if number < minimum:
-            raise ConfigurationError(
-                f"{self.env_variable}: option {name}={value!r} must be at least {minimum}"
-            )
-        return number
-
-    def _proxy_password(self) -> str:
-        return urlsplit(self.proxy).password or "" if self.proxy else ""
+        self._secrets = [s for s in (self.password, token, self.proxy_password(), login) if s]
 
     # --- the HTTP session ----------------------------------------------------------------
-    @property
-    def session(self) -> requests.Session:
-        """One keep-alive session for all threads; its pool holds ``pool_size`` connections."""
-        if self._session is None:
-            with self._session_lock:
-                if self._session is None:
-                    self._session = self._new_session()
-        return self._session
-
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=2, pool_maxsize=self.pool_size, max_retries=0
-        )
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+    def configure_session(self, session: requests.Session) -> None:
         # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
         session.auth = _BasicAuth(self._auth_header)
-        # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once here,
-        # not on every request as requests does (a sixth of a send's CPU), and the options
-        # win over it (requests would let the environment win over a session's settings).
-        session.trust_env = False
-        session.verify = self.ca_bundle or _environ_ca_bundle() or True
-        if self.proxy:
-            session.proxies = {"https": self.proxy, "http": self.proxy}
-        else:
-            session.proxies = requests.utils.get_environ_proxies(self.send_url)
         session.headers.update(
-            {
-                "Content-Type": "application/json; charset=utf-8",
-                "Accept": "application/json",
-                "User-Agent": "crm-sms",
-            }
+            {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
         )
-        return session
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
 
     def redact(self, text: str) -> str:
         """``text`` without the password, the Basic token or the proxy password."""
@@ -417,7 +350,7 @@ class MegafonBackend(BaseBackend):
             response = self.session.post(
                 self.send_url,
                 data=self.encode_payload(payload),
-                timeout=(self.connect_timeout, self.read_timeout),
+                timeout=self.timeout,
                 allow_redirects=False,
             )
         except requests.Timeout as exc:

@@ -2,8 +2,9 @@
 
 Configured by one URL: ``SMS_URL=smsru://API_ID@sms.ru/?sender=MyCompany`` (``smsru+http://`` for a
 local fake). Options: ``api_id`` (required), ``sender`` (``from``; the account's default when
-empty), ``base_url`` (``https://sms.ru``), ``timeout`` (seconds, 15), ``test`` (``1``: SMS.RU
-checks the request but sends nothing).
+empty), ``base_url`` (``https://sms.ru``), ``timeout`` (read timeout in seconds, 15; the
+HTTP options of ``http.HTTPBackend`` apply too), ``test`` (``1``: SMS.RU checks the request but
+sends nothing).
 
 Unlike MegaFon, SMS.RU
 
@@ -27,7 +28,6 @@ import hashlib
 import hmac
 import logging
 import re
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +39,6 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import MessageStatus
 from .base import (
-    BaseBackend,
     CallbackError,
     CallbackForbidden,
     ConfigurationError,
@@ -49,6 +48,7 @@ from .base import (
     SendStatus,
     SMSError,
 )
+from .http import HTTPBackend
 
 logger = logging.getLogger("crm_sms.backends.smsru")
 
@@ -137,41 +137,22 @@ def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
     return status, "", ""
 
 
-class SmsRuBackend(BaseBackend):
+class SmsRuBackend(HTTPBackend):
     display_name = "SMS.RU"
     max_batch_size = MAX_RECIPIENTS
     supports_callbacks = True
     report_window = 24 * 3600
 
+    default_read_timeout = 15.0
+
     def __init__(self, alias="default", options=None, rate_limit=None):
-        super().__init__(alias, options, rate_limit)
+        options = dict(options or {})
+        if options.get("timeout") and not options.get("read_timeout"):
+            options["read_timeout"] = options["timeout"]  # the option's older name
+        super().__init__(alias, options, rate_limit=rate_limit)
         self.api_id = str(self.options.get("api_id") or "")
         self.base_url = str(self.options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        self.timeout = float(self.options.get("timeout") or 15)
         self.test = str(self.options.get("test", "")) in ("1", "true", "yes")
-        self._local = threading.local()
-
-    # --- HTTP ----------------------------------------------------------------------------
-    @property
-    def session(self) -> requests.Session:
-        # One keep-alive session per thread: the worker's threads never share a connection.
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.headers["User-Agent"] = "crm-sms"
-            self._sessions().append(session)
-        return session
-
-    def _sessions(self) -> list[requests.Session]:
-        if not hasattr(self, "_all_sessions"):
-            self._all_sessions: list[requests.Session] = []
-        return self._all_sessions
-
-    def close(self) -> None:
-        for session in self._sessions():
-            session.close()
-        self._all_sessions = []
-        self._local = threading.local()
 
     def _require_api_id(self) -> None:
         if not self.api_id:
