@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .models import MessageEvent
 from .signals import message_status_changed
@@ -28,3 +29,17 @@ def record_events(events: Sequence[MessageEvent]) -> list[MessageEvent]:
                 event=event,
             )
     return created
+
+
+def jsonable(raw: Any) -> Any:
+    """A provider's raw answer or report as a JSONField can store it: bytes are decoded, odd
+    types stringified."""
+    if raw is None or isinstance(raw, str | int | float | bool):
+        return raw
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    if isinstance(raw, dict):
+        return {str(k): jsonable(v) for k, v in raw.items()}
+    if isinstance(raw, list | tuple):
+        return [jsonable(v) for v in raw]
+    return str(raw)

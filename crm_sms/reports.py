@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from .backends.base import DeliveryReport
-from .events import record_events
+from .events import jsonable, record_events
 from .models import FINAL_STATUSES, EventSource, Message, MessageEvent, MessageStatus
 
 logger = logging.getLogger("crm_sms.reports")
@@ -224,19 +223,6 @@ def _transition(message: Message, report: DeliveryReport, source: str, now) -> M
         new_status=new_status,
         error_code=report.error_code,
         description=description,
-        payload=_jsonable(report.raw),
+        payload=jsonable(report.raw),
         created_at=now,
     )
-
-
-def _jsonable(raw: Any) -> Any:
-    """The report's raw data as JSON can store it (bytes are decoded, odd types stringified)."""
-    if raw is None or isinstance(raw, str | int | float | bool):
-        return raw
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "replace")
-    if isinstance(raw, dict):
-        return {str(k): _jsonable(v) for k, v in raw.items()}
-    if isinstance(raw, list | tuple):
-        return [_jsonable(v) for v in raw]
-    return str(raw)

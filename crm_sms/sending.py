@@ -52,7 +52,7 @@ from . import conf
 from .backends import get_backend
 from .backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus, SMSError
 from .bulk import insert_rows
-from .events import record_events
+from .events import jsonable, record_events
 from .models import (
     MSG_ID_ALPHABET,
     MSG_ID_LENGTH,
@@ -1337,7 +1337,7 @@ def _outcome(job: _Job, now: datetime, max_attempts: int, tripped: bool) -> dict
             else _("Not sent: the provider refuses all messages"),
         }
     values: dict[str, Any] = {
-        "last_response": _jsonable(result.raw),
+        "last_response": jsonable(result.raw),
         "error_code": str(result.error_code or "")[:50],
         "error_message": result.error_message or "",
     }
@@ -1377,12 +1377,6 @@ def _outcome(job: _Job, now: datetime, max_attempts: int, tripped: bool) -> dict
                 _description=_("Will retry"),
             )
     return values
-
-
-def _jsonable(raw: Any) -> Any:
-    if raw is None or isinstance(raw, dict | list | str | int | float | bool):
-        return raw
-    return str(raw)
 
 
 def _write_results(
