@@ -140,13 +140,12 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _TRUE = {"1", "true", "yes", "y", "да", "д", "x", "+", "истина", "v", "✓"}
 _FALSE = {"", "0", "false", "no", "n", "нет", "н", "-", "ложь"}
 
+# The model's limits, so a long value is a row error instead of a database error.
 MAX_LENGTHS = {
-    "last_name": 150,
-    "first_name": 150,
-    "middle_name": 150,
-    "external_id": 100,
-    "email": 254,
+    name: Contact._meta.get_field(name).max_length
+    for name in ("last_name", "first_name", "middle_name", "external_id", "email")
 }
+GROUP_NAME_MAX_LENGTH = ContactGroup._meta.get_field("name").max_length
 
 #: How many error rows a result keeps (all are counted).
 MAX_KEPT_ERRORS = 10_000
@@ -527,10 +526,16 @@ def clean_row(
             continue
         if name == "groups":
             data["groups"] = split_groups(raw)
-            too_long = [g for g in data["groups"] if len(g) > 200]
+            too_long = [g for g in data["groups"] if len(g) > GROUP_NAME_MAX_LENGTH]
             if too_long:
                 errors.append(
-                    RowError(line, _("A group name is longer than 200 characters."), name, text)
+                    RowError(
+                        line,
+                        _("A group name is longer than %(limit)d characters.")
+                        % {"limit": GROUP_NAME_MAX_LENGTH},
+                        name,
+                        text,
+                    )
                 )
             continue
         if name == "opted_out":
