@@ -44,7 +44,6 @@ from django.core.exceptions import (
 )
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Q
-from django.template.base import TextNode, VariableNode
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -54,8 +53,6 @@ from .backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus, SMS
 from .bulk import insert_rows
 from .events import jsonable, record_events
 from .models import (
-    MSG_ID_ALPHABET,
-    MSG_ID_LENGTH,
     Campaign,
     CampaignStatus,
     Contact,
@@ -63,6 +60,7 @@ from .models import (
     Message,
     MessageEvent,
     MessageStatus,
+    new_msg_ids,
 )
 from .phones import normalize_phone
 from .ratelimit import get_rate_limiter
@@ -85,23 +83,6 @@ INSERT_BATCH = 2000
 HOUSEKEEPING_INTERVAL = 5.0
 #: Results are written at least this often while sending, seconds.
 FLUSH_INTERVAL = 0.5
-
-
-# --- ids ---------------------------------------------------------------------------------
-
-# os.urandom bytes below 248 (4 * 62) map onto the 62 letters without bias; the rest are dropped.
-_ID_TABLE = bytes(MSG_ID_ALPHABET.encode()[b % 62] if b < 248 else 0 for b in range(256))
-_ID_DROP = bytes(range(248, 256))
-
-
-def new_msg_ids(count: int) -> list[str]:
-    """``count`` fresh msg_ids ([A-Za-z0-9]{16}), like ``models.new_msg_id`` but in bulk."""
-    chars = b""
-    need = count * MSG_ID_LENGTH
-    while len(chars) < need:
-        chars += os.urandom((need - len(chars)) * 9 // 8 + 16).translate(_ID_TABLE, _ID_DROP)
-    text = chars[:need].decode("ascii")
-    return [text[i : i + MSG_ID_LENGTH] for i in range(0, need, MSG_ID_LENGTH)]
 
 
 # --- validation --------------------------------------------------------------------------
@@ -214,36 +195,6 @@ def _cached_sms_info(text: str) -> SMSInfo:
     return sms_info(text)
 
 
-class _Renderer:
-    """Renders a checked template; simple ``{{ name }}`` templates without filters or tags are
-    joined directly (the Django engine per row would dominate a 100,000-contact campaign)."""
-
-    def __init__(self, template: SMSTemplate):
-        self.template = template
-        self.parts: list[tuple[bool, str]] | None = []
-        for node in template.template.nodelist:
-            if isinstance(node, TextNode):
-                self.parts.append((False, node.s))
-            elif (
-                isinstance(node, VariableNode)
-                and not node.filter_expression.filters
-                and len(getattr(node.filter_expression.var, "lookups", None) or ()) == 1
-            ):
-                self.parts.append((True, node.filter_expression.var.lookups[0]))
-            else:
-                self.parts = None
-                break
-
-    def render(self, values: dict[str, Any]) -> str:
-        if self.template.is_static:
-            return self.template.source
-        if self.parts is not None and all(
-            isinstance(values.get(name), str) for is_var, name in self.parts if is_var
-        ):
-            return "".join(values[name] if is_var else name for is_var, name in self.parts)
-        return self.template.render(values)
-
-
 @dataclass
 class _Selection:
     """A checked campaign: provider, sender, template, and how rows map onto variables."""
@@ -252,7 +203,6 @@ class _Selection:
     backend: BaseBackend
     sender: str
     template: SMSTemplate
-    renderer: _Renderer
     model: type
     phone_field: str
     variables: dict[str, str]  # template name -> row field
@@ -310,7 +260,6 @@ def _prepare_selection(
         backend=backend,
         sender=sender,
         template=template,
-        renderer=_Renderer(template),
         model=model,
         phone_field=phone_field,
         variables=dict(variables),
@@ -361,7 +310,7 @@ def _iter_recipients(selection: _Selection, contacts: Any) -> Iterator[_Recipien
             if "phone" in values and values["phone"] == row[sel.phone_field]:
                 values["phone"] = phone
             try:
-                text = sel.renderer.render(values)
+                text = sel.template.render(values)
                 if not sel.template.is_static:
                     sel.backend.validate_text(text)
             except ValidationError as exc:
