@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .models import MessageEvent
+from .models import Message, MessageEvent
 from .signals import message_status_changed
 
 
@@ -17,9 +17,7 @@ def record_events(events: Sequence[MessageEvent]) -> list[MessageEvent]:
     Each event must carry its ``message`` instance, whose ``status`` is already the new one.
     """
     created = MessageEvent.objects.bulk_create(events)
-    if message_status_changed.has_listeners(None) or message_status_changed.receivers:
-        from .models import Message
-
+    if message_status_changed.has_listeners(Message):
         for event in created:
             message_status_changed.send(
                 sender=Message,
