@@ -32,31 +32,26 @@ def setup_django(sms_url: str, **env: str) -> None:
 
 def queue_messages(count: int, text: str = "Bench message {{ first_name }}") -> int:
     """Create ``count`` contacts and queue a campaign to them; returns the campaign id."""
-    from django.db import connection
     from django.utils import timezone
 
+    from crm_sms.bulk import RowInserter
     from crm_sms.models import Contact
-    from crm_sms.sending import insert_rows, send_campaign
+    from crm_sms.outbox import send_campaign
 
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    now = timezone.now()
     start = Contact.objects.count()
-    rows = [
-        (f"+7900{start + i:07d}", f"N{start + i}", "", "", "", False, "", "", now, now)
-        for i in range(count)
-    ]
-    columns = [
-        "phone",
-        "first_name",
-        "last_name",
-        "middle_name",
-        "email",
-        "opted_out",
-        "notes",
-        "external_id",
-        "created_at",
-        "updated_at",
-    ]
-    insert_rows(Contact._meta.db_table, columns, rows)
+    constants = {
+        "last_name": "",
+        "middle_name": "",
+        "email": "",
+        "opted_out": False,
+        "notes": "",
+        "external_id": "",
+        "created_at": now,
+        "updated_at": now,
+    }
+    inserter = RowInserter(Contact, constants, ["phone", "first_name"])
+    inserter.insert((f"+7900{start + i:07d}", f"N{start + i}") for i in range(count))
     contacts = Contact.objects.filter(pk__gt=Contact.objects.order_by("pk")[start].pk - 1)
     return send_campaign(contacts, text).pk
 

@@ -146,8 +146,8 @@ def main() -> None:
 
     from crm_sms.backends import get_backend
     from crm_sms.backends.base import OutgoingSMS
-    from crm_sms.models import Message, MessageStatus
-    from crm_sms.sending import new_msg_ids, run_worker
+    from crm_sms.models import Message, MessageStatus, new_msg_ids
+    from crm_sms.outbox import run_worker
 
     backend = get_backend()
     worker_runs, plain_runs = [], []

@@ -14,6 +14,8 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEV_SECRET_KEY = "django-insecure-crm-sms-development-key-do-not-use-in-production"
+# Django's W009: shorter keys, or keys of few distinct characters, can be guessed.
+SECRET_KEY_MIN_LENGTH, SECRET_KEY_MIN_UNIQUE = 50, 5
 
 DEBUG = env.bool("DEBUG", default=True)
 SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
@@ -21,8 +23,40 @@ if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     raise ImproperlyConfigured(
         "DEBUG=0 needs a SECRET_KEY of your own: set SECRET_KEY in the environment."
     )
+if not DEBUG and (
+    len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH
+    or len(set(SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE
+    or SECRET_KEY.startswith("django-insecure-")
+):
+    raise ImproperlyConfigured(
+        f"DEBUG=0 needs a strong SECRET_KEY: at least {SECRET_KEY_MIN_LENGTH} characters, "
+        f"{SECRET_KEY_MIN_UNIQUE} of them different, not starting with 'django-insecure-' "
+        f'(this one has {len(SECRET_KEY)}). Make one with: python -c "from '
+        'django.core.management.utils import get_random_secret_key as k; print(k())"'
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS (docs/deploy.md). With DEBUG=0 the defaults are what `check --deploy` asks for; each can
+# be changed in the environment. Behind nginx set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO
+# (nginx must set that header itself), or the HTTPS redirect loops.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Browsers remember HSTS for this long: try SECURE_HSTS_SECONDS=3600 before a year.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+# "HTTP_X_FORWARDED_PROTO" or "HTTP_X_FORWARDED_PROTO,https": trusted only when set, because
+# without a proxy that overwrites it a client could claim HTTPS.
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+SECURE_PROXY_SSL_HEADER = (
+    (_proxy_ssl_header[0], _proxy_ssl_header[1] if len(_proxy_ssl_header) > 1 else "https")
+    if _proxy_ssl_header
+    else None
+)
+# Error pages and the e-mail to ADMINS hide SMS_URL*, *_TOKEN and URL passwords too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "crm_sms.debug.SafeExceptionReporterFilter"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

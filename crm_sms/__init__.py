@@ -1,7 +1,8 @@
 """crm-sms: SMS for Django CRMs.
 
 The public API is two functions; both validate everything before anything is stored or sent and
-raise ``django.core.exceptions.ValidationError`` with a message a person can act on.
+raise ``django.core.exceptions.ValidationError`` with a message a person can act on. They are
+``crm_sms.outbox``'s, imported when first called (so importing ``crm_sms`` loads no models).
 """
 
 from __future__ import annotations
@@ -9,26 +10,62 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import Campaign, Message
+    from datetime import datetime
+
+    from .models import Campaign, Contact, Message
 
 __all__ = ["send_sms", "send_campaign"]
 
 
-def send_sms(to: str, text: str, **kwargs: Any) -> Message:
-    """Queue one SMS to ``to`` (any common phone notation); ``now=True`` sends it in this process.
+def send_sms(
+    to: Any,
+    text: str,
+    *,
+    sender: str | None = None,
+    provider: str | None = None,
+    contact: Contact | None = None,
+    now: bool = False,
+) -> Message:
+    """Queue one SMS to ``to`` (any common phone notation) and return its Message.
 
-    Keyword arguments: ``sender``, ``provider`` (alias), ``contact``, ``now``. Returns the Message.
+    ``sender`` and ``provider`` (an alias) default to the provider's; ``contact`` links the
+    message (else it is found by the phone). With ``now=True`` it is sent in this process and
+    comes back with its send status. See ``crm_sms.outbox.send_sms``.
     """
-    from .sending import send_sms as _send_sms
+    from .outbox import send_sms as queue_sms
 
-    return _send_sms(to, text, **kwargs)
+    return queue_sms(to, text, sender=sender, provider=provider, contact=contact, now=now)
 
 
-def send_campaign(contacts: Any, text: str, **kwargs: Any) -> Campaign:
-    """Create a campaign of ``text`` (a template) to ``contacts`` and queue its messages.
+def send_campaign(
+    contacts: Any,
+    text: str,
+    *,
+    name: str | None = None,
+    sender: str | None = None,
+    provider: str | None = None,
+    scheduled_at: datetime | None = None,
+    created_by: Any = None,
+    phone_field: str = "phone",
+    variables: dict[str, str] | None = None,
+) -> Campaign:
+    """Create a campaign of ``text`` (a template) to the rows of ``contacts`` and queue it.
 
-    Keyword arguments: ``name``, ``sender``, ``provider``, ``scheduled_at``, ``created_by``.
+    ``contacts`` is a queryset of Contacts, or of any model with a ``phone_field``;
+    ``variables`` maps template names to its fields (a Contact's names by default);
+    ``scheduled_at`` in the future delays the start. Opted-out, invalid and duplicate phones
+    are left out and counted. See ``crm_sms.outbox.send_campaign``.
     """
-    from .sending import send_campaign as _send_campaign
+    from .outbox import send_campaign as queue_campaign
 
-    return _send_campaign(contacts, text, **kwargs)
+    return queue_campaign(
+        contacts,
+        text,
+        name=name,
+        sender=sender,
+        provider=provider,
+        scheduled_at=scheduled_at,
+        created_by=created_by,
+        phone_field=phone_field,
+        variables=variables,
+    )

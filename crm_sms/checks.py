@@ -1,6 +1,14 @@
-"""System checks: a wrong SMS configuration is reported at start-up, naming the env variable."""
+"""System checks: a wrong SMS configuration is reported at start-up, naming the env variable.
+
+Every problem is a check message, never a traceback: an unreadable ``SMS_URL`` or an unknown
+scheme (E006), a backend that cannot be imported (E002), an unknown option (E007), an option
+value of the wrong type (E008), options the backend refuses (E003), and the backend's own
+``check()``. docs/configuration.md lists every id.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -10,9 +18,6 @@ from . import conf
 
 @checks.register("crm_sms")
 def check_providers(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    from .backends import load_backend_class
-
-    problems: list[checks.CheckMessage] = []
     providers = conf.get_setting("PROVIDERS")
     if not providers:
         return [
@@ -23,6 +28,7 @@ def check_providers(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="crm_sms.W001",
             )
         ]
+    problems: list[checks.CheckMessage] = []
     default = conf.default_provider()
     if default not in providers:
         problems.append(
@@ -33,31 +39,47 @@ def check_providers(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="crm_sms.E001",
             )
         )
-    for alias, config in providers.items():
-        env = "SMS_URL" if alias == "default" else f"SMS_URL_{alias.upper()}"
-        path = config.get("BACKEND", "")
-        try:
-            cls = load_backend_class(path)
-        except ImproperlyConfigured as exc:
-            problems.append(
-                checks.Error(
-                    f"Provider {alias!r}: {exc}",
-                    hint=f"Check the scheme of {env} (megafon://, smsru://, console://, …) "
-                    f"or CRM_SMS['PROVIDERS'][{alias!r}]['BACKEND'].",
-                    id="crm_sms.E002",
-                )
+    for alias in providers:
+        problems.extend(check_provider(alias))
+    problems.extend(_check_numbers())
+    return problems
+
+
+def check_provider(alias: str) -> list[checks.CheckMessage]:
+    """The problems of provider ``alias``: its URL, its backend class, its options, then the
+    backend's own ``check()``. Stops at the first step that fails."""
+    from .backends import load_backend_class
+    from .backends.options import read_rate_limit
+
+    env = conf.env_variable(alias)
+    config, problems = conf.read_provider_config(alias)
+    if problems:
+        return problems
+    path = config.get("BACKEND", "")
+    try:
+        cls = load_backend_class(path)
+    except ImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                f"Provider {alias!r}: {exc}",
+                hint=f"Check the scheme of {env} (megafon://, smsru://, console://, …) "
+                f"or CRM_SMS['PROVIDERS'][{alias!r}]['BACKEND'].",
+                id="crm_sms.E002",
             )
-            continue
-        try:
-            backend = cls(
-                alias=alias, options=config.get("OPTIONS", {}), rate_limit=config.get("RATE_LIMIT")
-            )
-        except ImproperlyConfigured as exc:
-            problems.append(
-                checks.Error(f"Provider {alias!r}: {exc}", hint=f"Fix {env}.", id="crm_sms.E003")
-            )
-            continue
-        problems.extend(backend.check())
+        ]
+    options: Any = config.get("OPTIONS", {})
+    problems = cls.read_options(options, env)[1] + read_rate_limit(config.get("RATE_LIMIT"), env)[1]
+    if problems:
+        return problems
+    try:
+        backend = cls(alias=alias, options=options, rate_limit=config.get("RATE_LIMIT"))
+    except ImproperlyConfigured as exc:
+        return [checks.Error(f"Provider {alias!r}: {exc}", hint=f"Fix {env}.", id="crm_sms.E003")]
+    return backend.check()
+
+
+def _check_numbers() -> list[checks.CheckMessage]:
+    problems = []
     for key in ("CLAIM_TIMEOUT", "MAX_ATTEMPTS", "RETRY_BACKOFF"):
         value = conf.get_setting(key)
         if not isinstance(value, int | float) or value <= 0:

@@ -6,11 +6,14 @@ Nothing here reads ``django.conf.settings`` at import time.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from .exceptions import ConfigurationError
 
 DEFAULTS: dict[str, Any] = {
     "PROVIDERS": {},
@@ -26,18 +29,33 @@ DEFAULTS: dict[str, Any] = {
     # The outbox worker (``sms_worker`` options and ``dispatch_due`` arguments override these).
     "CONCURRENCY": 16,
     "BATCH_SIZE": 200,
-    "POLL_INTERVAL": 1.0,
+    # Seconds an idle worker sleeps before it looks for due messages again.
+    "IDLE_SLEEP": 1.0,
     "RATE_LIMIT_CACHE": "default",
+    # scheme -> backend class (a dotted path or the class), over BUILTIN_SCHEMES.
+    "SCHEMES": {},
 }
 
-# scheme -> (backend path, the option the URL's user part fills, the option its password fills)
-SCHEMES: dict[str, tuple[str, str | None, str | None]] = {
-    "megafon": ("crm_sms.backends.megafon.MegafonBackend", "login", "password"),
-    "smsru": ("crm_sms.backends.smsru.SmsRuBackend", "api_id", None),
-    "console": ("crm_sms.backends.console.ConsoleBackend", None, None),
-    "locmem": ("crm_sms.backends.locmem.LocmemBackend", None, None),
-    "dummy": ("crm_sms.backends.dummy.DummyBackend", None, None),
+#: The built-in URL schemes: scheme -> backend class. A site adds its own (or replaces one) in
+#: ``CRM_SMS["SCHEMES"]``; the class's ``url_user_option``/``url_password_option`` say which
+#: options the URL's user and password fill. Every HTTP scheme also has a ``<scheme>+http://``
+#: form (plain HTTP, for a local test double).
+BUILTIN_SCHEMES: dict[str, str] = {
+    "megafon": "crm_sms.backends.megafon.MegafonBackend",
+    "smsru": "crm_sms.backends.smsru.SmsRuBackend",
+    "smsc": "crm_sms.backends.smsc.SmscBackend",
+    "sms4b": "crm_sms.backends.sms4b.Sms4bBackend",
+    "beeline": "crm_sms.backends.beeline.BeelineBackend",
+    "mts": "crm_sms.backends.mts.MtsBackend",
+    "smsuslugi": "crm_sms.backends.smsuslugi.SmsUslugiBackend",
+    "twilio": "crm_sms.backends.twilio.TwilioBackend",
+    "console": "crm_sms.backends.console.ConsoleBackend",
+    "locmem": "crm_sms.backends.locmem.LocmemBackend",
+    "dummy": "crm_sms.backends.dummy.DummyBackend",
 }
+
+#: Check id of an SMS_URL that cannot be read: not a URL, an unknown scheme or transport.
+BAD_URL = "crm_sms.E006"
 
 # Environment variable -> CRM_SMS key, and the type of its value.
 ENV_KEYS: dict[str, tuple[str, type]] = {
@@ -51,9 +69,17 @@ ENV_KEYS: dict[str, tuple[str, type]] = {
 }
 
 
+#: Old key -> its current name (the old one is still read).
+RENAMED = {"POLL_INTERVAL": "IDLE_SLEEP"}
+
+
 def sms_settings() -> dict[str, Any]:
     """``settings.CRM_SMS`` over the defaults."""
-    return {**DEFAULTS, **getattr(settings, "CRM_SMS", {})}
+    configured = dict(getattr(settings, "CRM_SMS", {}))
+    for old, new in RENAMED.items():
+        if old in configured:
+            configured.setdefault(new, configured.pop(old))
+    return {**DEFAULTS, **configured}
 
 
 def get_setting(name: str) -> Any:
@@ -69,17 +95,56 @@ def default_provider() -> str:
     return get_setting("DEFAULT_PROVIDER")
 
 
+def env_variable(alias: str) -> str:
+    """The environment variable that configures provider ``alias`` (for messages)."""
+    return "SMS_URL" if alias == "default" else f"SMS_URL_{alias.upper()}"
+
+
+def registered_schemes() -> dict[str, Any]:
+    """scheme -> backend class (or its dotted path): the built-ins and ``CRM_SMS["SCHEMES"]``.
+
+    Only the built-ins while the settings module itself is being read (``settings_from_env``
+    runs then, before ``CRM_SMS`` exists).
+    """
+    if not settings.configured:
+        return dict(BUILTIN_SCHEMES)
+    return {**BUILTIN_SCHEMES, **get_setting("SCHEMES")}
+
+
 def provider_config(alias: str | None = None) -> dict[str, Any]:
-    """The configuration dict of one provider (``BACKEND``, ``OPTIONS``, ``RATE_LIMIT``)."""
+    """The configuration dict of one provider (``BACKEND``, ``OPTIONS``, ``RATE_LIMIT``).
+
+    An entry given as a ``URL`` (what ``settings_from_env`` keeps when it cannot resolve an
+    SMS_URL while the settings load) is resolved here, with the site's schemes. Raises
+    ImproperlyConfigured for an unknown alias and ConfigurationError for a URL that does not
+    resolve, both naming the env variable.
+    """
+    config, problems = read_provider_config(alias)
+    if problems:
+        raise ConfigurationError(" ".join(problem.msg for problem in problems))
+    return config
+
+
+def read_provider_config(alias: str | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """(provider ``alias``'s configuration, the problems of its URL as check messages)."""
     alias = alias or default_provider()
     providers = get_setting("PROVIDERS")
     if alias not in providers:
         known = ", ".join(sorted(providers)) or "none"
         raise ImproperlyConfigured(
             f"CRM_SMS['PROVIDERS'] has no provider {alias!r} (configured: {known}). "
-            f"Set SMS_URL (or SMS_URL_{alias.upper()}) in the environment."
+            f"Set {env_variable(alias)} in the environment."
         )
-    return providers[alias]
+    config = providers[alias]
+    if "URL" not in config or "BACKEND" in config:
+        return config, []
+    resolved, problems = read_sms_url(config["URL"], env=env_variable(alias))
+    if problems:
+        return {}, problems
+    resolved["OPTIONS"].update(config.get("OPTIONS", {}))
+    if "RATE_LIMIT" in config:
+        resolved.setdefault("RATE_LIMIT", config["RATE_LIMIT"])  # the URL's own wins
+    return resolved, []
 
 
 def callback_tokens() -> list[str]:
@@ -92,69 +157,171 @@ def callback_tokens() -> list[str]:
     return [str(t) for t in token]
 
 
-def parse_sms_url(url: str) -> dict[str, Any]:
+# --- SMS_URL -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SMSURL:
+    """An ``SMS_URL`` taken apart, before any backend class is involved.
+
+    ``user`` and ``password`` are URL-decoded (``password`` is None without a ``:``); ``host``
+    is ``host[:port]`` as written; ``query`` holds the parameters in order.
+    """
+
+    scheme: str
+    transport: str  # "", "http" or "https": the "+http" of "megafon+http://"
+    user: str
+    password: str | None
+    host: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+
+    @property
+    def base_url(self) -> str:
+        """``https://host[:port][/path]`` (``http://`` for the ``+http`` form); "" without host."""
+        return f"{self.transport or 'https'}://{self.host}{self.path}" if self.host else ""
+
+
+def split_sms_url(url: str) -> SMSURL:
+    """Take ``url`` apart; ValueError when it is not a ``scheme://...`` URL.
+
+    urlsplit's .username/.password would split at the first ``:`` of the user part, which is
+    right: a literal ``:`` in a login must be written %3A, in a password it may stay as is.
+    The last ``@`` ends the user part, so a raw ``@`` in a password reads right too.
+    """
+    parts = urlsplit(url.strip())
+    if not parts.scheme or "://" not in url:
+        raise ValueError("it is not a URL like megafon://LOGIN:PASSWORD@host/?sender=Name")
+    scheme, _, transport = parts.scheme.partition("+")
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    return SMSURL(
+        scheme=scheme,
+        transport=transport,
+        user=unquote(user),
+        password=unquote(password) if sep else None,
+        host=host,
+        path=parts.path.rstrip("/"),
+        query=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+    )
+
+
+def parse_sms_url(url: str, schemes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Turn ``megafon://LOGIN:PASSWORD@host/?sender=X`` into a provider configuration dict.
 
-    ``scheme+http://`` selects plain HTTP (the sandbox). The user and password are URL-decoded,
-    so a password may hold ``:``, ``@``, ``/`` or ``%`` written as ``%3A``, ``%40``, ``%2F``,
-    ``%25``.
-    Query parameters become OPTIONS, except ``rate_limit`` which becomes RATE_LIMIT.
+    ``scheme+http://`` selects plain HTTP (a local test double). The user and password are
+    URL-decoded, so a password may hold ``:``, ``@``, ``/`` or ``%`` written as ``%3A``,
+    ``%40``, ``%2F``, ``%25``; the backend class says which options they fill. Query
+    parameters become OPTIONS, except ``rate_limit`` which becomes RATE_LIMIT; each must be an
+    option the backend declares, of its type. ``schemes`` defaults to
+    ``registered_schemes()``. Raises ConfigurationError saying what is wrong.
     """
-    parts = urlsplit(url)
-    scheme, _, transport = parts.scheme.partition("+")
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ImproperlyConfigured(
-            f"Unknown SMS provider scheme {parts.scheme!r} in an SMS_URL; known: {known}"
-        )
-    if transport not in ("", "http", "https"):
-        raise ImproperlyConfigured(
-            f"Unknown transport {transport!r} in SMS_URL scheme {parts.scheme!r}: use "
-            f"{scheme}:// (https) or {scheme}+http://"
-        )
-    backend, user_option, password_option = SCHEMES[scheme]
-    options: dict[str, Any] = {}
-    # urlsplit's .username/.password split at the first ':' of the user part, which is right:
-    # a literal ':' in a login must be written %3A, in a password it may stay as is.
-    netloc = parts.netloc
-    userinfo, _, hostport = netloc.rpartition("@")
-    if userinfo:
-        user, sep, password = userinfo.partition(":")
-        if user and user_option:
-            options[user_option] = unquote(user)
-        if sep and password_option:
-            options[password_option] = unquote(password)
-    if hostport:
-        options["base_url"] = f"{transport or 'https'}://{hostport}{parts.path.rstrip('/')}"
-    config: dict[str, Any] = {"BACKEND": backend, "OPTIONS": options}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "rate_limit":
-            config["RATE_LIMIT"] = float(value)
-        else:
-            options[key] = value
+    config, problems = read_sms_url(url, schemes=schemes)
+    if problems:
+        raise ConfigurationError(" ".join(problem.msg for problem in problems))
     return config
 
 
-def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Build the ``CRM_SMS`` dict from ``SMS_*`` environment variables (see the README)."""
+def read_sms_url(
+    url: str, *, env: str = "SMS_URL", schemes: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Any]]:
+    """(the configuration dict of ``url``, or {} with its problems as check Errors naming
+    ``env``: crm_sms.E006 unreadable URL or unknown scheme, E002 a backend that cannot be
+    imported, E007 an option the backend does not declare, E008 an option value that does
+    not fit its type, rate_limit included). Never raises."""
+    from django.core import checks
+
+    from .backends import backend_path, load_backend_class
+    from .backends.options import read_rate_limit
+
+    schemes = registered_schemes() if schemes is None else schemes
+    known = ", ".join(f"{name}://" for name in schemes)
+    try:
+        parts = split_sms_url(url)
+    except ValueError as exc:
+        return {}, [_bad_url(f"{env} cannot be read: {exc}.", env, known)]
+    if parts.scheme not in schemes:
+        message = f"Unknown SMS provider scheme {parts.scheme!r} in {env}; known: {known}."
+        return {}, [_bad_url(message, env, known)]
+    if parts.transport not in ("", "http", "https"):
+        message = (
+            f"Unknown transport {parts.transport!r} in {env} scheme "
+            f"'{parts.scheme}+{parts.transport}': use {parts.scheme}:// (https) or "
+            f"{parts.scheme}+http://."
+        )
+        return {}, [_bad_url(message, env, known)]
+    try:
+        cls = load_backend_class(schemes[parts.scheme])
+    except ImproperlyConfigured as exc:
+        hint = f"Fix CRM_SMS['SCHEMES'][{parts.scheme!r}]."
+        return {}, [checks.Error(f"{env}: {exc}", hint=hint, id="crm_sms.E002")]
+    query = dict(parts.query)
+    rate_limit, problems = read_rate_limit(query.pop("rate_limit", None), env)
+    try:
+        options = cls.options_from_url(replace(parts, query=tuple(query.items())))
+    except ConfigurationError as exc:
+        problems.append(_bad_url(f"{env}: {exc}.", env, known))
+    else:
+        problems += cls.read_options(options, env)[1]  # unknown or ill-typed: E007, E008
+    if problems:
+        return {}, problems
+    config: dict[str, Any] = {"BACKEND": backend_path(cls), "OPTIONS": options}
+    if rate_limit is not None:
+        config["RATE_LIMIT"] = rate_limit
+    return config, []
+
+
+def _bad_url(message: str, env: str, known: str) -> Any:
+    from django.core import checks
+
+    return checks.Error(
+        message,
+        hint=f"Set {env} to scheme://USER:PASSWORD@host/?sender=Name with a scheme of: {known} "
+        "(a site adds its own in CRM_SMS['SCHEMES']).",
+        id=BAD_URL,
+    )
+
+
+def settings_from_env(
+    environ: Mapping[str, str], schemes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build the ``CRM_SMS`` dict from ``SMS_*`` environment variables (see the README).
+
+    Runs while the settings module is read, so it never raises for an SMS_URL: a URL it
+    cannot resolve now (a scheme of the site's ``CRM_SMS["SCHEMES"]``, or a mistake) is kept
+    as ``{"URL": ...}`` and resolved on first use, where a mistake becomes a check error and
+    a ValidationError on sending. ``schemes`` (scheme -> backend class) are resolved now, so
+    their classes must be importable before the apps are loaded.
+    Raises ImproperlyConfigured for the other variables' values that are not numbers.
+    """
+    known = {**BUILTIN_SCHEMES, **(schemes or {})}
+
+    def provider(env_key: str) -> dict[str, Any]:
+        config, problems = read_sms_url(environ[env_key], env=env_key, schemes=known)
+        return {"URL": environ[env_key]} if problems else config
+
     result: dict[str, Any] = {}
     providers: dict[str, Any] = {}
     if environ.get("SMS_URL"):
-        providers["default"] = parse_sms_url(environ["SMS_URL"])
+        providers["default"] = provider("SMS_URL")
     for key, value in environ.items():
         if key.startswith("SMS_URL_") and value:
-            providers[key.removeprefix("SMS_URL_").lower()] = parse_sms_url(value)
-    rate_limit = environ.get("SMS_RATE_LIMIT")
-    if rate_limit:
+            providers[key.removeprefix("SMS_URL_").lower()] = provider(key)
+    if environ.get("SMS_RATE_LIMIT"):
+        rate_limit = _number("SMS_RATE_LIMIT", environ["SMS_RATE_LIMIT"], float)
         for config in providers.values():
-            config.setdefault("RATE_LIMIT", float(rate_limit))
+            config.setdefault("RATE_LIMIT", rate_limit)
     result["PROVIDERS"] = providers
     if providers and "default" not in providers and "SMS_DEFAULT_PROVIDER" not in environ:
         result["DEFAULT_PROVIDER"] = next(iter(providers))
     for env_key, (key, cast) in ENV_KEYS.items():
         if environ.get(env_key):
-            try:
-                result[key] = cast(environ[env_key])
-            except ValueError as exc:
-                raise ImproperlyConfigured(f"{env_key}={environ[env_key]!r}: {exc}") from exc
+            result[key] = _number(env_key, environ[env_key], cast)
     return result
+
+
+def _number(env_key: str, value: str, cast: type) -> Any:
+    try:
+        return cast(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{env_key}={value!r}: {exc}") from exc

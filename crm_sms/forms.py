@@ -10,6 +10,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from . import conf
+from .backends import provider_choices
 
 AUTO = ""
 
@@ -92,8 +93,7 @@ class SendSMSForm(forms.Form):
 
     def __init__(self, *args: Any, variables: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        aliases = conf.provider_aliases()
-        self.fields["provider"].choices = [(a, a) for a in aliases]
+        self.fields["provider"].choices = provider_choices()
         self.fields["provider"].initial = conf.default_provider()
         if variables:
             names = ", ".join(f"{{{{ {name} }}}}" for name in variables)

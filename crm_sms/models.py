@@ -87,6 +87,7 @@ class Contact(models.Model):
 
 
 class CampaignStatus(models.TextChoices):
+    # Moves between these: crm_sms.transitions (docs/statuses.md).
     DRAFT = "draft", _("draft")
     SCHEDULED = "scheduled", _("scheduled")
     RUNNING = "running", _("running")
@@ -143,7 +144,8 @@ class Campaign(models.Model):
 
 
 class MessageStatus(models.TextChoices):
-    # The same seven states as the 1C BSP SMS subsystem.
+    # The same seven states as the 1C BSP SMS subsystem. Which moves between them exist, and
+    # who makes them: crm_sms.transitions (docs/statuses.md).
     QUEUED = "queued", _("queued")
     SENDING = "sending", _("sending")
     SENT = "sent", _("sent")
@@ -161,6 +163,8 @@ FINAL_STATUSES = frozenset(
         MessageStatus.CANCELLED,
     }
 )
+#: Waiting to be sent or being sent: the outbox still owes these a send.
+ACTIVE_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 
 
 class Message(models.Model):
@@ -222,10 +226,6 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.phone} [{self.msg_id}]"
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
 
 
 class EventSource(models.TextChoices):

@@ -26,7 +26,7 @@ from django.utils.translation import gettext
 from . import conf
 from .backends import get_backend
 from .backends.base import BaseBackend, DeliveryReport
-from .models import Message, MessageStatus
+from .models import EventSource, Message, MessageStatus
 from .reports import NO_REPORT, apply_delivery_reports
 
 logger = logging.getLogger("crm_sms.polling")
@@ -90,7 +90,7 @@ def _poll(alias: str, backend: BaseBackend, cutoff, batch_size: int, counts: dic
             counts["errors"] += 1
             logger.exception("Polling delivery statuses from %s failed", alias)
             return
-        applied = apply_delivery_reports(reports, provider=alias, source="poll")
+        applied = apply_delivery_reports(reports, provider=alias, source=EventSource.POLL)
         counts["checked"] += len(batch)
         counts["changed"] += applied["applied"]
         counts["unchanged"] += len(batch) - applied["applied"]
@@ -123,7 +123,7 @@ def _expire(alias: str, cutoff, window: float, batch_size: int) -> int:
             )
             for msg_id in batch
         ]
-        result = apply_delivery_reports(reports, provider=alias, source="poll")
+        result = apply_delivery_reports(reports, provider=alias, source=EventSource.POLL)
         expired += result["applied"]
         if not result["applied"]:
             return expired  # nothing moved (a concurrent run took them): do not loop

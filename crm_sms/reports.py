@@ -2,11 +2,14 @@
 
 ``apply_delivery_reports`` is the one place a provider's word about a message's fate is written.
 It is idempotent and order-proof, so providers may repeat reports, send them out of order, or send
-them before our worker has written the send result:
+them before our worker has written the send result. The moves a report may make are the
+``report`` rows of ``crm_sms.transitions.MESSAGE_MOVES`` (docs/statuses.md):
 
-- Statuses only move forward: queued < sending < sent < final (delivered, undelivered, failed,
-  cancelled). A report that would move a message back (a late ``sent`` after ``delivered``) is
-  ignored; a report that repeats the current status adds nothing (no event, no signal).
+- A report says ``sent``, ``delivered``, ``undelivered`` or ``failed``; any other status is
+  counted invalid. Statuses only move forward: queued < sending < sent < final (delivered,
+  undelivered, failed, cancelled). A report that would move a message back (a late ``sent``
+  after ``delivered``) is ignored; a report that repeats the current status adds nothing (no
+  event, no signal).
 - Between two final statuses the first one wins (``delivered`` stays ``delivered`` when a late
   ``undelivered`` arrives, and the other way round) -- with one exception: a final status that is
   *our own verdict* made without the provider's word (``failed`` after exhausted retries,
@@ -24,28 +27,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from .backends.base import DeliveryReport
-from .events import jsonable, record_events
-from .models import FINAL_STATUSES, EventSource, Message, MessageEvent, MessageStatus
+from .events import jsonable
+from .models import FINAL_STATUSES, EventSource, Message, MessageStatus
+from .transitions import MESSAGE_MOVES, Actor, MessageMove, can_move_message, move_messages
 
 logger = logging.getLogger("crm_sms.reports")
 
 #: Error code of the ``undelivered`` that polling writes when a provider never reported.
 NO_REPORT = "no_report"
 
-# Forward order of the statuses; all final statuses share the top rank.
-_RANK = {
-    MessageStatus.QUEUED: 0,
-    MessageStatus.SENDING: 1,
-    MessageStatus.SENT: 2,
-    **{status: 3 for status in FINAL_STATUSES},
-}
-_VALID = frozenset(MessageStatus.values)
+#: The statuses a report may carry: where the table's report moves lead.
+REPORTED_STATUSES = frozenset(m.new for m in MESSAGE_MOVES if m.actor is Actor.REPORT)
 
 #: The keys of the dict ``apply_delivery_reports`` returns.
 COUNT_KEYS = ("received", "applied", "duplicate", "stale", "unknown", "invalid")
@@ -66,12 +65,11 @@ def classify(message: Message, new_status: str) -> str:
     old_status = message.status
     if new_status == old_status:
         return "duplicate"
-    old_rank, new_rank = _RANK[old_status], _RANK[new_status]
-    if new_rank > old_rank:
-        return "applied"
-    if new_rank == old_rank == 3 and _is_our_verdict(message):
-        return "applied"
-    return "stale"
+    if not can_move_message(old_status, new_status, Actor.REPORT):
+        return "stale"
+    if old_status in FINAL_STATUSES and not _is_our_verdict(message):
+        return "stale"
+    return "applied"
 
 
 def _lookup(reports: list[DeliveryReport], provider: str) -> tuple[dict, dict]:
@@ -110,13 +108,13 @@ def apply_delivery_reports(
     Finds the messages in bulk (by our ``msg_id``, else by ``provider_message_id``), moves each
     one forward by the rules in the module docstring, sets ``delivered_at``, ``error_code`` and
     ``error_message``, and writes one ``MessageEvent`` (``source``: "callback" or "poll",
-    ``payload``: the report's raw data) per change through ``events.record_events``, which sends
-    ``message_status_changed``. All in one transaction: either the whole batch is applied or
-    nothing is (the error propagates, so a callback answers 500 and the provider retries).
+    ``payload``: the report's raw data) per change through ``transitions.move_messages``, which
+    sends ``message_status_changed``. All in one transaction: either the whole batch is applied
+    or nothing is (the error propagates, so a callback answers 500 and the provider retries).
 
     Returns counts: received, applied (status changed), duplicate (already in that status),
-    stale (a report the rules ignore), unknown (no such message), invalid (a status that is not a
-    MessageStatus value).
+    stale (a report the rules ignore), unknown (no such message), invalid (a status that is not
+    one a report may carry).
     """
     reports = list(reports)
     counts = dict.fromkeys(COUNT_KEYS, 0)
@@ -126,103 +124,76 @@ def apply_delivery_reports(
     now = timezone.now()
     with transaction.atomic():
         by_msg_id, by_provider_id = _lookup(reports, provider)
-        changed: dict[int, Message] = {}
-        events: list[MessageEvent] = []
+        moves: list[MessageMove] = []
         for report in reports:
             message = by_msg_id.get(report.msg_id) if report.msg_id else None
             if message is None and report.provider_message_id:
                 message = by_provider_id.get(report.provider_message_id)
-            if message is None:
-                counts["unknown"] += 1
-                logger.warning(
-                    "Delivery report for an unknown message (provider %s, msg_id %r, "
-                    "provider id %r, status %s): ignored",
-                    provider,
-                    report.msg_id,
-                    report.provider_message_id,
-                    report.status,
-                )
-                continue
-            if report.status not in _VALID:
-                counts["invalid"] += 1
-                logger.warning(
-                    "Delivery report with an invalid status %r for %s: ignored",
-                    report.status,
-                    message.msg_id,
-                )
-                continue
-            outcome = classify(message, report.status)
-            counts[outcome] += 1
-            if outcome != "applied":
-                if outcome == "stale":
-                    logger.info(
-                        "Delivery report %s for %s (now %s) ignored: statuses only move forward",
-                        report.status,
-                        message.msg_id,
-                        message.status,
-                    )
-                continue
-            events.append(_transition(message, report, source, now))
-            changed[message.pk] = message
-        if changed:
-            _save(list(changed.values()))
-            record_events(events)
+            verdict = _check(report, message, provider)
+            counts[verdict] += 1
+            if verdict == "applied":
+                moves.append(_move(message, report, source, now))
+        move_messages(moves, now=now)
     return counts
 
 
-_FIELDS = (
-    "status",
-    "delivered_at",
-    "error_code",
-    "error_message",
-    "provider_message_id",
-    "sent_at",
-    "updated_at",
-)
-#: Up to this many distinct sets of values, one plain UPDATE each beats bulk_update's CASE WHEN
-#: (which Django compiles slowly: it was half the cost of a one-report callback).
-_PLAIN_UPDATES_MAX = 8
+def _check(report: DeliveryReport, message: Message | None, provider: str) -> str:
+    """ "unknown", "invalid", or what ``classify`` says; logs the reports it ignores."""
+    if message is None:
+        logger.warning(
+            "Delivery report for an unknown message (provider %s, msg_id %r, "
+            "provider id %r, status %s): ignored",
+            provider,
+            report.msg_id,
+            report.provider_message_id,
+            report.status,
+        )
+        return "unknown"
+    if report.status not in REPORTED_STATUSES:
+        logger.warning(
+            "Delivery report with an invalid status %r for %s: ignored",
+            report.status,
+            message.msg_id,
+        )
+        return "invalid"
+    verdict = classify(message, report.status)
+    if verdict == "stale":
+        logger.info(
+            "Delivery report %s for %s (now %s) ignored: statuses only move forward",
+            report.status,
+            message.msg_id,
+            message.status,
+        )
+    return verdict
 
 
-def _save(messages: list[Message]) -> None:
-    groups: dict[tuple, list[int]] = {}
-    for message in messages:
-        values = tuple(getattr(message, name) for name in _FIELDS)
-        groups.setdefault(values, []).append(message.pk)
-    if len(groups) > _PLAIN_UPDATES_MAX:
-        Message.objects.bulk_update(messages, _FIELDS, batch_size=500)
-        return
-    for values, pks in groups.items():
-        Message.objects.filter(pk__in=pks).update(**dict(zip(_FIELDS, values, strict=True)))
-
-
-def _transition(message: Message, report: DeliveryReport, source: str, now) -> MessageEvent:
-    """Move ``message`` (in memory) to the report's status; return the event to record."""
-    old_status = message.status
+def _move(message: Message, report: DeliveryReport, source: str, now: datetime) -> MessageMove:
+    """The move ``report`` makes of ``message``. The instance moves at once, so the next report
+    of the batch about it is judged against its new state."""
     new_status = report.status
-    message.status = new_status
-    message.updated_at = now
-    if report.provider_message_id and not message.provider_message_id:
-        message.provider_message_id = report.provider_message_id
-    if message.sent_at is None and new_status not in (MessageStatus.QUEUED, MessageStatus.SENDING):
+    values = {
+        "provider_message_id": message.provider_message_id or report.provider_message_id,
+        "sent_at": message.sent_at,
+        "delivered_at": message.delivered_at,
+        "error_code": message.error_code,
+        "error_message": message.error_message,
+    }
+    if values["sent_at"] is None:
         # The provider had it, so it was sent; the outbox overwrites this with its own time.
-        message.sent_at = now
-    if new_status == MessageStatus.DELIVERED:
-        message.delivered_at = report.delivered_at or now
-        message.error_code = report.error_code
-        message.error_message = report.error_message
-    elif new_status in FINAL_STATUSES:
-        message.delivered_at = None
-        message.error_code = report.error_code
-        message.error_message = report.error_message
-    description = report.error_message or ""
-    return MessageEvent(
-        message=message,
-        source=source,
-        old_status=old_status,
-        new_status=new_status,
+        values["sent_at"] = now
+    if new_status in FINAL_STATUSES:
+        delivered = new_status == MessageStatus.DELIVERED
+        values["delivered_at"] = (report.delivered_at or now) if delivered else None
+        values["error_code"] = report.error_code
+        values["error_message"] = report.error_message
+    move = MessageMove(
+        message,
+        new_status,
+        source,
+        values,
+        description=report.error_message or "",
         error_code=report.error_code,
-        description=description,
         payload=jsonable(report.raw),
-        created_at=now,
     )
+    move.apply(now)
+    return move

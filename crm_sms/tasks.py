@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over ``crm_sms.sending`` (and ``crm_sms.polling``).
+"""Celery tasks: thin wrappers over ``crm_sms.outbox`` (and ``crm_sms.polling``).
 
 Schedule them with Celery beat (the demo's ``config/celery.py`` does): ``dispatch_due`` every
 few seconds, ``start_due_campaigns`` and ``release_stale_claims`` every minute or so,
@@ -25,7 +25,7 @@ def dispatch_due(
     provider: str | None = None, batch_size: int | None = None, concurrency: int | None = None
 ) -> dict[str, Any]:
     """Send everything due now (within ~50 s); returns the summary dict."""
-    from .sending import dispatch_due as run
+    from .outbox import dispatch_due as run
 
     summary = run(
         provider=provider,
@@ -41,7 +41,7 @@ def dispatch_due(
 @shared_task(name="crm_sms.tasks.release_stale_claims", ignore_result=True)
 def release_stale_claims() -> int:
     """Take back messages left 'sending' longer than CLAIM_TIMEOUT; returns how many."""
-    from .sending import release_stale_claims as run
+    from .outbox import release_stale_claims as run
 
     return run()
 
@@ -49,7 +49,7 @@ def release_stale_claims() -> int:
 @shared_task(name="crm_sms.tasks.start_due_campaigns", ignore_result=True)
 def start_due_campaigns() -> int:
     """Start scheduled campaigns whose time has come; returns how many."""
-    from .sending import start_due_campaigns as run
+    from .outbox import start_due_campaigns as run
 
     return run()
 

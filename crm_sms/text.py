@@ -3,6 +3,12 @@
 The counting follows 3GPP TS 23.038/23.040: 160 GSM-7 units in one SMS, 153 per part of a long
 one; 70 UCS-2 units, 67 per part. Extension characters take two GSM-7 units and are never split
 across parts; characters outside the BMP take two UCS-2 units (a surrogate pair), never split.
+
+A campaign text is a small sandboxed Django template: plain ``{{ name }}`` variables, the filters
+in ``ALLOWED_FILTERS``, and ``{% if %}``/``{% elif %}``/``{% else %}``/``{% endif %}``; nothing
+that reads files, loops, or shows server internals. Its size, tag count and nesting are capped,
+so rendering one recipient's text takes a bounded time, and every problem is a ValidationError
+(see docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,8 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.template import Context, Engine, TemplateSyntaxError
-from django.template.base import TextNode, VariableNode
+from django.template import Context, Engine, Library, Template
+from django.template.base import (
+    FilterExpression,
+    Lexer,
+    Parser,
+    TextNode,
+    Token,
+    TokenType,
+    Variable,
+    VariableNode,
+)
+from django.template.defaultfilters import register as default_filters
+from django.template.defaulttags import register as default_tags
 from django.utils.translation import gettext as _
 
 GSM7_BASIC = frozenset(
@@ -81,27 +98,197 @@ def count_segments(text: str) -> int:
 #: Contact fields a campaign text may use.
 CONTACT_VARIABLES = ("first_name", "last_name", "middle_name", "phone")
 
+#: Block tags a campaign text may use (``{# comments #}`` are allowed too).
+ALLOWED_TAGS = ("if", "elif", "else", "endif")
+#: Filters a campaign text may use: each costs time linear in its value and arguments, and none
+#: can blow a short text up to megabytes (``ljust``, ``stringformat``, ``floatformat`` can).
+ALLOWED_FILTERS = (
+    "capfirst",
+    "cut",
+    "date",
+    "default",
+    "default_if_none",
+    "lower",
+    "time",
+    "title",
+    "truncatechars",
+    "truncatewords",
+    "upper",
+    "urlencode",
+    "yesno",
+)
+#: Characters in a template, ``{{ }}`` and ``{% %}`` tags in it, ``{% if %}`` inside one
+#: another, and words in one condition; and characters in a rendered text (above what any
+#: provider takes: MegaFon 1000, SMS.ru 8 parts).
+MAX_SOURCE_LENGTH = 4000
+MAX_TAGS = 100
+MAX_DEPTH = 5
+MAX_CONDITION_WORDS = 20
+MAX_TEXT_LENGTH = 2000
+
+_IF_TAGS = "{% if %} … {% elif %} … {% else %} … {% endif %}"
+
+_library = Library()
+_library.tags["if"] = default_tags.tags["if"]
+_library.filters.update({name: default_filters.filters[name] for name in ALLOWED_FILTERS})
+
 _INVALID = "\x00crm-sms-invalid\x00"
-# SMS is plain text: no HTML escaping; unknown names are caught, not rendered blank.
-_engine = Engine(autoescape=False, string_if_invalid=_INVALID + "%s" + _INVALID)
+# SMS is plain text: no HTML escaping; unknown names are caught, not rendered blank. No
+# loaders: nothing can be read from disk even if a tag that loads templates slipped through.
+_engine = Engine(autoescape=False, string_if_invalid=_INVALID + "%s" + _INVALID, loaders=[])
+
+
+def _template_error(detail: str, code: str = "template_syntax") -> ValidationError:
+    return ValidationError(
+        _("The message template has an error: %(error)s") % {"error": detail}, code=code
+    )
+
+
+def _check_tokens(tokens: list[Token]) -> None:
+    """Refuse, before parsing, a tag outside ALLOWED_TAGS and a template over the caps (the
+    parser recurses per nested block and per ``not``, so these also keep it off the stack)."""
+    tags = [t for t in tokens if t.token_type in (TokenType.VAR, TokenType.BLOCK)]
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(
+            _("The message template has %(count)d tags; at most %(max)d are allowed.")
+            % {"count": len(tags), "max": MAX_TAGS},
+            code="template_syntax",
+        )
+    depth = 0
+    for token in tags:
+        words = token.contents.split()
+        command = words[0] if words and token.token_type == TokenType.BLOCK else None
+        if command is None:
+            continue
+        if command not in ALLOWED_TAGS:
+            raise _template_error(
+                _(
+                    "“%(tag)s” cannot be used in a message: only %(tags)s "
+                    "and variables such as %(example)s."
+                )
+                % {"tag": "{% " + command + " %}", "tags": _IF_TAGS, "example": "{{ first_name }}"}
+            )
+        if command in ("if", "elif") and len(words) > MAX_CONDITION_WORDS:
+            raise _template_error(
+                _("the condition “%(tag)s” is too long: at most %(max)d words.")
+                % {"tag": "{% " + " ".join(words[:4]) + " … %}", "max": MAX_CONDITION_WORDS}
+            )
+        depth += {"if": 1, "endif": -1}.get(command, 0)
+        if depth > MAX_DEPTH:
+            raise _template_error(
+                _("at most %(max)d “%(tag)s” may be inside one another.")
+                % {"max": MAX_DEPTH, "tag": "{% if %}"}
+            )
+
+
+class _SandboxParser(Parser):
+    """Django's parser with messages that say what a campaign text may use instead; it keeps
+    every expression it compiles (``{{ }}`` and ``{% if %}`` ones) for ``_check_lookups``."""
+
+    def __init__(self, tokens: list[Token], origin: Any):
+        super().__init__(tokens, {}, [_library], origin)
+        self.expressions: list[FilterExpression] = []
+
+    def invalid_block_tag(self, token: Token, command: str, parse_until: Any = None) -> None:
+        tag = "{% " + command + " %}"
+        if parse_until:
+            expected = ", ".join("{% " + name + " %}" for name in parse_until)
+            detail = _("“%(tag)s” is out of place: %(expected)s expected here.") % {
+                "tag": tag,
+                "expected": expected,
+            }
+        else:
+            detail = _("“%(tag)s” without %(if)s before it.") % {"tag": tag, "if": "{% if %}"}
+        raise _template_error(detail)
+
+    def unclosed_block_tag(self, parse_until: Any) -> None:
+        command, _token = self.command_stack.pop()
+        raise _template_error(
+            _("“%(tag)s” is not closed: add %(end)s.")
+            % {"tag": "{% " + command + " %}", "end": "{% " + parse_until[-1] + " %}"}
+        )
+
+    def find_filter(self, filter_name: str) -> Any:
+        if filter_name not in self.filters:
+            raise _template_error(
+                _("the filter “%(filter)s” cannot be used in a message. Filters: %(filters)s.")
+                % {
+                    "filter": "|" + filter_name,
+                    "filters": ", ".join("|" + name for name in ALLOWED_FILTERS),
+                }
+            )
+        return self.filters[filter_name]
+
+    def compile_filter(self, token: str) -> FilterExpression:
+        expression = super().compile_filter(token)
+        self.expressions.append(expression)
+        return expression
+
+
+class _SandboxTemplate(Template):
+    """A template compiled with ``_library`` only, after ``_check_tokens``."""
+
+    def compile_nodelist(self) -> Any:
+        tokens = Lexer(self.source).tokenize()
+        _check_tokens(tokens)
+        parser = _SandboxParser(tokens, self.origin)
+        nodelist = parser.parse()
+        self.extra_data = parser.extra_data
+        self.expressions = parser.expressions
+        return nodelist
+
+
+def _compile(source: str) -> Template:
+    """The sandboxed template of ``source``; ValidationError for anything wrong with it."""
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ValidationError(
+            _("The message template has %(count)d characters; at most %(max)d are allowed.")
+            % {"count": len(source), "max": MAX_SOURCE_LENGTH},
+            code="template_syntax",
+        )
+    try:
+        return _SandboxTemplate(source, engine=_engine)
+    except ValidationError:
+        raise
+    except RecursionError as exc:
+        raise _template_error(_("it is too complex, simplify its conditions.")) from exc
+    except Exception as exc:  # TemplateSyntaxError, or a tag's own error: the text's fault
+        raise _template_error(str(exc)) from exc
+
+
+def _check_lookups(template: Template) -> None:
+    """Refuse ``{{ first_name.upper }}``: it calls str methods, and on a model instance a
+    lookup could reach anything. A text gets plain names, and filters to change them."""
+    for expression in template.expressions:
+        for variable in _variables(expression):
+            if len(variable.lookups) > 1:
+                raise _template_error(
+                    _("“%(variable)s”: use a name alone, such as %(example)s, with no “.”.")
+                    % {"variable": "{{ " + variable.var + " }}", "example": "{{ first_name }}"}
+                )
+
+
+def _variables(expression: FilterExpression) -> Iterable[Variable]:
+    """The variables an expression reads: its own and its filters' arguments (not literals)."""
+    if isinstance(expression.var, Variable) and expression.var.lookups:
+        yield expression.var
+    for _func, args in expression.filters:
+        for is_variable, arg in args:
+            if is_variable and arg.lookups:
+                yield arg
 
 
 class SMSTemplate:
-    """A checked campaign text. ``SMSTemplate(text)`` raises ValidationError for a syntax error
-    or a variable that is not among ``variables``."""
+    """A checked campaign text. ``SMSTemplate(text)`` raises ValidationError for a syntax error,
+    a tag or filter a text may not use, a template over the size caps, or a variable that is
+    not among ``variables``."""
 
     def __init__(self, source: str, variables: Iterable[str] = CONTACT_VARIABLES):
         if not source or not source.strip():
             raise ValidationError(_("The message text is empty."), code="empty_text")
         self.source = source
         self.variables = tuple(variables)
-        try:
-            self.template = _engine.from_string(source)
-        except TemplateSyntaxError as exc:
-            raise ValidationError(
-                _("The message template has an error: %(error)s") % {"error": exc},
-                code="template_syntax",
-            ) from exc
+        self.template = _compile(source)
         for node in self.template.nodelist.get_nodes_by_type(TextNode):
             for opening, closing in (("{{", "}}"), ("{%", "%}")):
                 if opening in node.s:
@@ -110,11 +297,14 @@ class SMSTemplate:
                         % {"opening": opening, "closing": closing},
                         code="template_syntax",
                     )
+        variable_nodes = self.template.nodelist.get_nodes_by_type(VariableNode)
+        # Names in {% if %} may be unknown (they are false there); in {{ }} they must exist.
         unknown = sorted(
             {
                 name
-                for node in self.template.nodelist.get_nodes_by_type(VariableNode)
-                if (name := _variable_name(node)) and name not in self.variables
+                for node in variable_nodes
+                for variable in _variables(node.filter_expression)
+                if (name := variable.lookups[0]) not in self.variables
             }
         )
         if unknown:
@@ -126,34 +316,39 @@ class SMSTemplate:
                 },
                 code="template_variable",
             )
-        self.is_static = not self.template.nodelist.get_nodes_by_type(VariableNode) and (
-            "{%" not in source
-        )
-        # Text and plain {{ name }} nodes only: rendered by joining strings, because the
-        # template engine per row would dominate a 100,000-contact campaign.
-        self._parts: list[tuple[bool, str]] | None = []
-        for node in self.template.nodelist:
-            if isinstance(node, TextNode):
-                self._parts.append((False, node.s))
-            elif (
-                isinstance(node, VariableNode)
-                and not node.filter_expression.filters
-                and len(getattr(node.filter_expression.var, "lookups", None) or ()) == 1
-            ):
-                self._parts.append((True, node.filter_expression.var.lookups[0]))
-            else:
-                self._parts = None
-                break
+        _check_lookups(self.template)
+        self._parts = _plain_parts(self.template)
+        # Static: the source is the text (not so with a {# comment #}, which is left out).
+        self.is_static = self._parts == [(False, source)]
 
     def render(self, values: Mapping[str, Any]) -> str:
-        """The text for one recipient; raises ValidationError if a name could not be resolved."""
+        """The text for one recipient. Raises ValidationError if a name could not be resolved,
+        a filter failed, or the text would be longer than MAX_TEXT_LENGTH."""
         if self.is_static:
-            return self.source
-        if self._parts is not None and all(
+            text = self.source
+        elif self._parts is not None and all(
             isinstance(values.get(name), str) for is_var, name in self._parts if is_var
         ):
-            return "".join(values[name] if is_var else name for is_var, name in self._parts)
-        text = self.template.render(Context(dict(values), autoescape=False))
+            text = "".join(values[name] if is_var else name for is_var, name in self._parts)
+        else:
+            text = self._render_template(values)
+        if len(text) > MAX_TEXT_LENGTH:
+            raise ValidationError(
+                _("The message would have %(count)d characters; at most %(max)d are allowed.")
+                % {"count": len(text), "max": MAX_TEXT_LENGTH},
+                code="text_too_long",
+            )
+        return text
+
+    def _render_template(self, values: Mapping[str, Any]) -> str:
+        try:
+            text = self.template.render(Context(dict(values), autoescape=False))
+        except Exception as exc:  # a filter or a value's __str__ failed: this text, not a 500
+            raise ValidationError(
+                _("The message could not be made from the template: %(error)s")
+                % {"error": f"{type(exc).__name__}: {exc}"[:200]},
+                code="template_render",
+            ) from exc
         if _INVALID in text:
             names = text.split(_INVALID)[1::2]
             raise ValidationError(
@@ -164,16 +359,30 @@ class SMSTemplate:
         return text
 
     def render_contact(self, contact: Any, extra: Mapping[str, Any] | None = None) -> str:
+        """The text for ``contact`` (its CONTACT_VARIABLES), with ``extra`` names added."""
         values = {name: getattr(contact, name, "") or "" for name in CONTACT_VARIABLES}
         if extra:
             values.update(extra)
         return self.render(values)
 
 
-def _variable_name(node: VariableNode) -> str | None:
-    var = node.filter_expression.var
-    lookups = getattr(var, "lookups", None)
-    return lookups[0] if lookups else None
+def _plain_parts(template: Template) -> list[tuple[bool, str]] | None:
+    """Text and plain ``{{ name }}`` nodes as (is_variable, text or name), or None when the
+    template has anything else. Rendered by joining strings, because the template engine per
+    row would dominate a 100,000-contact campaign."""
+    parts: list[tuple[bool, str]] = []
+    for node in template.nodelist:
+        if isinstance(node, TextNode):
+            parts.append((False, node.s))
+        elif (
+            isinstance(node, VariableNode)
+            and not node.filter_expression.filters
+            and len(getattr(node.filter_expression.var, "lookups", None) or ()) == 1
+        ):
+            parts.append((True, node.filter_expression.var.lookups[0]))
+        else:
+            return None
+    return parts
 
 
 def render_template(source: str, values: Mapping[str, Any]) -> str:

@@ -34,7 +34,7 @@ from django.views.decorators.http import require_POST
 
 from . import conf
 from .backends import get_backend
-from .backends.base import CallbackError, CallbackForbidden
+from .exceptions import CallbackError, CallbackForbidden
 
 logger = logging.getLogger("crm_sms.webhooks")
 

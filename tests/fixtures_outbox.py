@@ -1,4 +1,4 @@
-"""Fixtures for the outbox (``crm_sms.sending``): providers, contacts, and worker subprocesses.
+"""Fixtures for the outbox (``crm_sms.outbox``): providers, contacts, and worker subprocesses.
 
 Worker subprocesses (``manage.py sms_worker``, a Celery worker) must see the rows a test writes,
 so those tests use ``transactional_db`` and a database a second process can open: on PostgreSQL
@@ -62,7 +62,7 @@ def outbox_settings(settings):
             "RETRY_BACKOFF": 0.01,
             "RETRY_BACKOFF_MAX": 0.05,
             "MAX_ATTEMPTS": 8,
-            "POLL_INTERVAL": 0.05,
+            "IDLE_SLEEP": 0.05,
             "PAUSE_AFTER": 3,
         }
     )
@@ -108,10 +108,10 @@ def sandbox_provider(megafon_sandbox, outbox_settings):
 
 def make_contacts(count: int, *, start: int = 0, **fields):
     """``count`` contacts with distinct valid Russian mobile numbers (+7900NNNNNNN, first_name
-    "NameN"), inserted with one prepared INSERT (the ORM is too slow for 100,000 rows)."""
-    from django.db import connection
+    "NameN"), inserted in bulk (``crm_sms.bulk``: the ORM is too slow for 100,000 rows)."""
     from django.utils import timezone
 
+    from crm_sms.bulk import RowInserter
     from crm_sms.models import Contact
 
     now = timezone.now()
@@ -127,15 +127,8 @@ def make_contacts(count: int, *, start: int = 0, **fields):
         "updated_at": now,
         **fields,
     }
-    from crm_sms.sending import insert_rows
-
-    columns, values = [], []
-    for name, value in constants.items():
-        model_field = Contact._meta.get_field(name)
-        columns.append(model_field.column)
-        values.append(model_field.get_db_prep_save(value, connection))
-    rows = [(*values, f"+7900{start + i:07d}", f"Name{start + i}") for i in range(count)]
-    insert_rows(Contact._meta.db_table, [*columns, "phone", "first_name"], rows)
+    inserter = RowInserter(Contact, constants, ["phone", "first_name"])
+    inserter.insert((f"+7900{start + i:07d}", f"Name{start + i}") for i in range(count))
     first, last = f"+7900{start:07d}", f"+7900{start + count - 1:07d}"
     return Contact.objects.filter(phone__gte=first, phone__lte=last).order_by("pk")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from crm_sms import sending
+from crm_sms import outbox
 from crm_sms.models import Campaign, Contact, Message
 
 pytestmark = pytest.mark.django_db
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def campaign(contact_factory, sms_providers, admin_user):
     contact_factory(10)
-    campaign = sending.send_campaign(
+    campaign = outbox.send_campaign(
         Contact.objects.all(), "Hi {{ first_name }}", name="Spring", created_by=admin_user
     )
     ids = list(campaign.messages.order_by("pk").values_list("pk", flat=True))
@@ -41,7 +41,7 @@ def test_list_shows_progress_without_per_row_queries(
     assert "4 delivered · 2 sent · 1 failed of 10" in html
     assert 'style="width: 40.00%"' in html  # the delivered part of the bar
     for i in range(15):
-        sending.send_campaign(Contact.objects.all()[:3], f"more {i}")
+        outbox.send_campaign(Contact.objects.all()[:3], f"more {i}")
     with django_assert_max_num_queries(12):
         page = admin_en.get(reverse("admin:crm_sms_campaign_changelist"))
     assert page.content.decode().count('class="crm-sms-progress"') == 16

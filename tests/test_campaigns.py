@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from crm_sms import sending
+from crm_sms import outbox
 from crm_sms.models import (
     Campaign,
     CampaignStatus,
@@ -41,7 +41,7 @@ def mixed_contacts(locmem_provider):
 
 
 def test_send_campaign_queues_rendered_messages_and_counts_exclusions(mixed_contacts):
-    campaign = sending.send_campaign(mixed_contacts, "Hi, {{ first_name }}!", name="Promo")
+    campaign = outbox.send_campaign(mixed_contacts, "Hi, {{ first_name }}!", name="Promo")
     assert campaign.status == CampaignStatus.RUNNING
     assert campaign.started_at is not None
     assert campaign.recipients_count == 3
@@ -60,7 +60,7 @@ def test_send_campaign_queues_rendered_messages_and_counts_exclusions(mixed_cont
 
 
 def test_preview_uses_the_same_selection(mixed_contacts):
-    preview = sending.preview_campaign(mixed_contacts, "Hi, {{ first_name }}!", sample_size=2)
+    preview = outbox.preview_campaign(mixed_contacts, "Hi, {{ first_name }}!", sample_size=2)
     assert preview.recipients == 3
     assert preview.excluded == {"opted_out": 1, "invalid": 1, "duplicate": 0}
     assert [s["text"] for s in preview.samples] == ["Hi, Anna!", "Hi, Boris!"]
@@ -72,9 +72,9 @@ def test_preview_uses_the_same_selection(mixed_contacts):
 
 
 def test_opted_out_contacts_never_get_a_message(mixed_contacts):
-    campaign = sending.send_campaign(mixed_contacts, "Hello")
+    campaign = outbox.send_campaign(mixed_contacts, "Hello")
     assert not campaign.messages.filter(phone="+79001234204").exists()
-    sending.dispatch_due()
+    outbox.dispatch_due()
     from crm_sms.backends import locmem
 
     assert "+79001234204" not in {s.to for s in locmem.outbox}
@@ -91,26 +91,26 @@ def test_opted_out_contacts_never_get_a_message(mixed_contacts):
 )
 def test_a_bad_template_is_refused_before_anything_is_stored(mixed_contacts, text, fragment):
     with pytest.raises(ValidationError) as info:
-        sending.send_campaign(mixed_contacts, text)
+        outbox.send_campaign(mixed_contacts, text)
     assert fragment in " ".join(info.value.messages).lower()
     with pytest.raises(ValidationError):
-        sending.preview_campaign(mixed_contacts, text)
+        outbox.preview_campaign(mixed_contacts, text)
     assert Campaign.objects.count() == 0 and Message.objects.count() == 0
 
 
 def test_a_bad_sender_or_provider_is_refused(sandbox_provider):
     make_contacts(2)
     with pytest.raises(ValidationError):
-        sending.send_campaign(Contact.objects.all(), "Hi", sender="Johnny_Viper")
+        outbox.send_campaign(Contact.objects.all(), "Hi", sender="Johnny_Viper")
     with pytest.raises(ValidationError, match="nope"):
-        sending.send_campaign(Contact.objects.all(), "Hi", provider="nope")
+        outbox.send_campaign(Contact.objects.all(), "Hi", provider="nope")
     assert Campaign.objects.count() == 0
 
 
 def test_no_recipients_is_an_error_and_stores_nothing(locmem_provider):
     Contact.objects.create(phone="+79001234201", opted_out=True)
     with pytest.raises(ValidationError, match="No recipients"):
-        sending.send_campaign(Contact.objects.all(), "Hi")
+        outbox.send_campaign(Contact.objects.all(), "Hi")
     assert Campaign.objects.count() == 0
 
 
@@ -124,7 +124,7 @@ def test_duplicate_phones_of_another_model_are_sent_once(locmem_provider):
     User.objects.create(username="+79001234202", first_name="C")
     User.objects.create(username="nonsense", first_name="D")
     Contact.objects.create(phone="+79001234202", opted_out=True)
-    campaign = sending.send_campaign(
+    campaign = outbox.send_campaign(
         User.objects.all(),
         "Hi {{ name }}",
         phone_field="username",
@@ -140,7 +140,7 @@ def test_a_rendered_text_the_provider_refuses_is_left_out(sandbox_provider):
     make_contacts(1)
     Contact.objects.create(phone="+79001234299", first_name="x" * 100)
     # 1003 characters for the long name: over MegaFon's 1000.
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi " + "{{ first_name }}" * 10)
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi " + "{{ first_name }}" * 10)
     assert campaign.recipients_count == 1
     assert campaign.excluded["invalid"] == 1
 
@@ -148,9 +148,7 @@ def test_a_rendered_text_the_provider_refuses_is_left_out(sandbox_provider):
 def test_segments_are_stored_per_message(locmem_provider):
     Contact.objects.create(phone="+79001234201", first_name="A" * 80, last_name="B" * 80)
     Contact.objects.create(phone="+79001234202", first_name="B")
-    campaign = sending.send_campaign(
-        Contact.objects.all(), "Hello {{ first_name }} {{ last_name }}"
-    )
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hello {{ first_name }} {{ last_name }}")
     assert dict(campaign.messages.values_list("phone", "segments")) == {
         "+79001234201": 2,
         "+79001234202": 1,
@@ -159,14 +157,14 @@ def test_segments_are_stored_per_message(locmem_provider):
 
 def test_templates_with_filters_render_through_django(locmem_provider):
     Contact.objects.create(phone="+79001234201", first_name="anna")
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name|capfirst }}")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name|capfirst }}")
     assert campaign.messages.get().text == "Hi Anna"
 
 
 def test_inserts_are_batched(locmem_provider):
     make_contacts(500)
     with CaptureQueriesContext(connection) as queries:
-        sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+        outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     inserts = [q for q in queries.captured_queries if "INSERT" in q["sql"]]
     # The campaign and a few bulk inserts (SQLite caps parameters per query), never one per row.
     assert len(inserts) < 25
@@ -177,13 +175,13 @@ def test_inserts_are_batched(locmem_provider):
 def test_a_100k_campaign_is_queued_in_seconds(locmem_provider):
     make_contacts(100_000)
     started = time.monotonic()
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}, sale!")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}, sale!")
     elapsed = time.monotonic() - started
     assert campaign.recipients_count == 100_000
     assert Message.objects.filter(campaign=campaign).count() == 100_000
     assert elapsed < 20, elapsed
     started = time.monotonic()
-    preview = sending.preview_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    preview = outbox.preview_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     assert preview.recipients == 100_000
     assert time.monotonic() - started < 10
 
@@ -191,16 +189,16 @@ def test_a_100k_campaign_is_queued_in_seconds(locmem_provider):
 def test_scheduled_campaign_waits_then_starts(locmem_provider):
     make_contacts(3)
     when = timezone.now() + timezone.timedelta(hours=1)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi", scheduled_at=when)
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi", scheduled_at=when)
     assert campaign.status == CampaignStatus.SCHEDULED
     assert campaign.started_at is None
-    sending.dispatch_due()
+    outbox.dispatch_due()
     assert campaign.messages.filter(status=MessageStatus.QUEUED).count() == 3
-    assert sending.start_due_campaigns() == 0
-    assert sending.start_due_campaigns(now=when + timezone.timedelta(seconds=1)) == 1
+    assert outbox.start_due_campaigns(now=when - timezone.timedelta(seconds=1)) == 0
+    assert outbox.start_due_campaigns(now=when + timezone.timedelta(seconds=1)) == 1
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.RUNNING
-    sending.dispatch_due()
+    outbox.dispatch_due()
     campaign.refresh_from_db()
     assert campaign.messages.filter(status=MessageStatus.SENT).count() == 3
     assert campaign.status == CampaignStatus.COMPLETED
@@ -209,8 +207,8 @@ def test_scheduled_campaign_waits_then_starts(locmem_provider):
 
 def test_campaign_completes_when_nothing_is_left(locmem_provider):
     make_contacts(5)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi")
-    summary = sending.dispatch_due()
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi")
+    summary = outbox.dispatch_due()
     assert summary["sent"] == 5
     assert summary["completed_campaigns"] == [campaign.pk]
     campaign.refresh_from_db()
@@ -219,14 +217,14 @@ def test_campaign_completes_when_nothing_is_left(locmem_provider):
 
 def test_pause_and_resume(locmem_provider):
     make_contacts(4)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi")
-    assert sending.pause_campaign(campaign, "waiting for approval")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi")
+    assert outbox.pause_campaign(campaign, "waiting for approval")
     assert campaign.pause_reason == "waiting for approval"
-    sending.dispatch_due()
+    outbox.dispatch_due()
     assert campaign.messages.filter(status=MessageStatus.QUEUED).count() == 4
-    assert sending.resume_campaign(campaign)
+    assert outbox.resume_campaign(campaign)
     assert campaign.status == CampaignStatus.RUNNING and campaign.pause_reason == ""
-    sending.dispatch_due()
+    outbox.dispatch_due()
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
     assert campaign.messages.filter(status=MessageStatus.SENT).count() == 4
@@ -234,10 +232,10 @@ def test_pause_and_resume(locmem_provider):
 
 def test_cancel_cancels_unsent_messages(locmem_provider):
     make_contacts(4)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi")
-    assert sending.cancel_campaign(campaign) == 4
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi")
+    assert outbox.cancel_campaign(campaign) == 4
     assert campaign.status == CampaignStatus.CANCELLED
-    sending.dispatch_due()
+    outbox.dispatch_due()
     assert campaign.messages.filter(status=MessageStatus.CANCELLED).count() == 4
     assert campaign.messages.first().events.filter(new_status="cancelled").exists()
 
@@ -245,15 +243,15 @@ def test_cancel_cancels_unsent_messages(locmem_provider):
 def test_retry_failed_queues_failed_messages_again(sandbox_provider):
     make_contacts(3)
     sandbox_provider.configure(codes={"79000000001": 1288})
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi")
-    sending.dispatch_due()
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi")
+    outbox.dispatch_due()
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
     failed = campaign.messages.get(status=MessageStatus.FAILED)
     sandbox_provider.configure(codes={})
-    assert sending.retry_failed(campaign) == 1
+    assert outbox.retry_failed(campaign) == 1
     assert campaign.status == CampaignStatus.RUNNING
-    sending.dispatch_due()
+    outbox.dispatch_due()
     failed.refresh_from_db()
     assert failed.status == MessageStatus.SENT
     assert failed.msg_id in sandbox_provider.accepted
@@ -261,16 +259,16 @@ def test_retry_failed_queues_failed_messages_again(sandbox_provider):
 
 def test_resend_message(sandbox_provider):
     sandbox_provider.configure(codes={"79001234212": 1288})
-    failed = sending.send_sms("+79001234212", "Hi", now=True)
+    failed = outbox.send_sms("+79001234212", "Hi", now=True)
     assert failed.status == MessageStatus.FAILED
     sandbox_provider.configure(codes={})
-    fresh = sending.resend_message(failed)
+    fresh = outbox.resend_message(failed)
     assert fresh.pk != failed.pk and fresh.msg_id != failed.msg_id  # never accepted: new id
-    sent = sending.send_now(fresh)
+    sent = outbox.send_now(fresh)
     assert sent.status == MessageStatus.SENT
-    again = sending.resend_message(sent)
+    again = outbox.resend_message(sent)
     assert again.pk == sent.pk and again.msg_id == sent.msg_id  # accepted: same id
-    sending.dispatch_due()
+    outbox.dispatch_due()
     again.refresh_from_db()
     assert again.status == MessageStatus.SENT
     assert len([m for m in sandbox_provider.accepted if m == sent.msg_id]) == 1
@@ -286,8 +284,8 @@ def test_the_provider_error_pauses_after_at_most_three_requests(sandbox_provider
         "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
     }
     settings.CRM_SMS = crm
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
-    summary = sending.dispatch_due(concurrency=16)
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    summary = outbox.dispatch_due(concurrency=16)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.PAUSED
     assert campaign.pause_reason
@@ -299,8 +297,8 @@ def test_the_provider_error_pauses_after_at_most_three_requests(sandbox_provider
     # Fixed: resume and everything goes out, once each.
     crm["PROVIDERS"] = {"default": sandbox_provider_config(sandbox_provider, read_timeout=0.5)}
     settings.CRM_SMS = crm
-    assert sending.resume_campaign(campaign)
-    sending.dispatch_due(concurrency=16)
+    assert outbox.resume_campaign(campaign)
+    outbox.dispatch_due(concurrency=16)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
     assert len(sandbox_provider.accepted) == 40

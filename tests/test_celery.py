@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from crm_sms import sending
+from crm_sms import outbox
 from crm_sms.models import CampaignStatus, Contact, Message, MessageStatus
 from tests.fixtures_outbox import ROOT, make_contacts, subprocess_env, wait_until
 
@@ -43,7 +43,7 @@ def test_the_app_and_beat_schedule():
 def test_tasks_call_the_library(locmem_provider):
     from crm_sms import tasks
 
-    sending.send_sms("+79001234212", "Hi")
+    outbox.send_sms("+79001234212", "Hi")
     summary = tasks.dispatch_due.apply().get()
     assert summary["sent"] == 1
     assert tasks.release_stale_claims.apply().get() == 0
@@ -89,7 +89,7 @@ def test_a_celery_worker_with_beat_sends_a_campaign(sandbox_provider, redis_url)
 
     redis.Redis.from_url(BROKER_URL).flushdb()
     make_contacts(60)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     schedule = os.path.join(tempfile.mkdtemp(prefix="crm-sms-beat-"), "schedule")
     env = subprocess_env(sandbox_provider, CELERY_BROKER_URL=BROKER_URL, SMS_DISPATCH_EVERY="0.5")
     proc = subprocess.Popen(

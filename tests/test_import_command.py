@@ -72,3 +72,52 @@ def test_unreadable_files_are_a_command_error(tmp_path):
         run(str(path))
     with pytest.raises(CommandError, match="No such file"):
         run(str(tmp_path / "missing.csv"))
+
+
+def test_a_second_import_updates_what_the_file_changes(tmp_path):
+    """Known phones: the file's columns overwrite, absent columns stay, the opt-out time
+    follows the flag, ``updated_at`` moves only for a changed contact, groups are added."""
+    kept = Contact.objects.create(phone="+79001234214", first_name="Ольга", notes="keep")
+    vip = ContactGroup.objects.create(name="VIP")
+    kept.groups.add(vip)
+    kept_updated_at = kept.updated_at
+    path = tmp_path / "first.csv"
+    path.write_bytes(
+        csv_bytes(
+            [
+                ["Телефон", "Имя", "Отказ от рассылки", "Группы"],
+                ["89001234212", "Иван", "да", "A"],
+                ["89001234213", "Пётр", "нет", ""],
+                ["89001234214", "Ольга", "нет", "B"],
+            ]
+        )
+    )
+    out, _err = run(str(path))
+    assert "2 contacts were created, 1 updated, 0 unchanged" in out
+    ivan, petr = Contact.objects.get(first_name="Иван"), Contact.objects.get(first_name="Пётр")
+    assert ivan.opted_out and ivan.opted_out_at == ivan.created_at == ivan.updated_at
+    assert not petr.opted_out and petr.opted_out_at is None
+    kept.refresh_from_db()
+    assert kept.notes == "keep" and kept.updated_at == kept_updated_at  # only a group added
+    assert sorted(kept.groups.values_list("name", flat=True)) == ["B", "VIP"]
+
+    path.write_bytes(
+        csv_bytes(
+            [
+                ["Телефон", "Имя", "Отказ от рассылки"],
+                ["89001234212", "Иван", "нет"],
+                ["89001234213", "Пётр", "да"],
+                ["89001234214", "Оля", "нет"],
+            ]
+        )
+    )
+    out, _err = run(str(path))
+    assert "0 contacts were created, 3 updated, 0 unchanged" in out
+    ivan.refresh_from_db(), petr.refresh_from_db(), kept.refresh_from_db()
+    assert not ivan.opted_out and ivan.opted_out_at is None and ivan.updated_at > ivan.created_at
+    assert petr.opted_out and petr.opted_out_at == petr.updated_at > petr.created_at
+    assert (kept.first_name, kept.notes, kept.opted_out_at) == ("Оля", "keep", None)
+    assert ivan.groups.get().name == "A"  # not removed by a file without groups
+
+    out, _err = run(str(path))
+    assert "0 contacts were created, 0 updated, 3 unchanged" in out

@@ -17,7 +17,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from crm_sms.backends import get_backend
-from crm_sms.backends.base import ConfigurationError, OutgoingSMS, SendStatus
+from crm_sms.backends.base import OutgoingSMS, SendStatus
 from crm_sms.backends.megafon import (
     CODES,
     DEFAULT_BASE_URL,
@@ -25,6 +25,7 @@ from crm_sms.backends.megafon import (
     classify_code,
 )
 from crm_sms.conf import parse_sms_url
+from crm_sms.exceptions import ConfigurationError
 from crm_sms.sandbox import SEND_PATH, SandboxServer
 
 LOGIN = "corp@login"
@@ -183,7 +184,7 @@ def test_keep_alive_pool_is_shared_by_threads(megafon_provider):
     backend = get_backend()
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: backend.send(sms(f"id{i}")), range(160)))
-    assert all(r.accepted for r in results)
+    assert all(r.status is SendStatus.ACCEPTED for r in results)
     assert len(megafon_provider.accepted) == 160
     # Connections are reused: at most one per thread, not one per message.
     assert megafon_provider.connections_opened <= 16
@@ -514,7 +515,7 @@ def test_sandbox_agrees_with_the_sender_rule(megafon_provider):
     """The backend's rule and the emulator's independent one agree on every sample."""
     backend = get_backend()
     for i, sender in enumerate(GOOD_SENDERS):
-        assert backend.send(sms(f"g{i}", sender=sender)).accepted, sender
+        assert backend.send(sms(f"g{i}", sender=sender)).status is SendStatus.ACCEPTED, sender
     for sender, _ in BAD_SENDERS:
         payload = {"from": sender, "to": 79001234212, "message": "x", "msg_id": "b"}
         import requests

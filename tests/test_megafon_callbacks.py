@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.test import RequestFactory
 
-from crm_sms.backends.base import CallbackError
 from crm_sms.backends.megafon import MegafonBackend, parse_receipt, parse_receipt_date
+from crm_sms.exceptions import CallbackError
 from crm_sms.models import MessageStatus
 from crm_sms.sandbox import SandboxServer
 

@@ -1,4 +1,5 @@
-"""The MegaFon emulator behaves as PROVIDERS.md describes the real API (over real loopback HTTP)."""
+"""The MegaFon emulator behaves as PROVIDERS.md describes the real API (over real loopback HTTP),
+and another provider plugs into the same server."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import requests
 
 from crm_sms.conf import parse_sms_url
-from crm_sms.sandbox import BOM, SEND_PATH, SandboxServer
+from crm_sms.sandbox import BOM, SEND_PATH, ProviderEmulator, Reply, SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -408,3 +410,86 @@ def test_management_command_prints_the_sms_url_and_stops_cleanly(signum):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_summary_page_names_the_provider(megafon_sandbox):
+    post(megafon_sandbox, message("s1"))
+    summary = requests.get(megafon_sandbox.base_url + "/", timeout=5).json()
+    assert summary["provider"] == "megafon"
+    assert summary["send"] == f"POST {SEND_PATH}"
+    assert summary["accepted"] == summary["requests"] == 1
+
+
+def test_an_unknown_provider_is_refused():
+    with pytest.raises(ValueError, match="megafon"):
+        SandboxServer(provider="nope")
+
+
+# --- a second provider plugs into the same server ---------------------------------------------
+
+
+class ToyEmulator(ProviderEmulator):
+    """A made-up provider unlike MegaFon: the key in the form or query instead of Basic auth,
+    several recipients per request, a status endpoint, form-encoded reports."""
+
+    name = title = scheme = "toy"
+    routes = {("POST", "/api/send"): "send", ("GET", "/api/status"): "status"}
+
+    def authenticate(self, request):
+        key = request.form().get("key") or request.query.get("key")
+        return None if key == [self.sandbox.password] else Reply(403, "bad key", "text/plain")
+
+    def send(self, request):
+        form = {name: values[0] for name, values in request.form().items()}
+        self.sandbox.count_attempt(form["id"])
+        failure = self.sandbox.inject_failure()
+        if failure is not None:
+            return failure
+        reply = Reply(200, {"sent": [], "refused": {}})
+        for phone in form["to"].split(","):
+            code = self.sandbox.forced_code(phone)
+            if code:
+                reply.body["refused"][phone] = code
+                continue
+            msg_id = f"{form['id']}-{phone}"
+            sms = {"msg_id": msg_id, "to": phone, "callback_url": form.get("callback")}
+            if self.sandbox.accept(msg_id, sms):
+                reply.body["sent"].append(msg_id)
+                reply.reports.append(sms)
+        return reply
+
+    def status(self, request):
+        sms = self.sandbox.accepted.get(request.query["id"][0], {})
+        return Reply(200, {"status": sms.get("status", "unknown")})
+
+    def delivery_report(self, message, delivered):
+        return {"id": message["msg_id"], "state": "ok" if delivered else "fail"}
+
+    def encode_report(self, message, report):
+        return urlencode(report).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_a_second_provider_is_one_small_class(receiver):
+    with SandboxServer(provider=ToyEmulator, password="k") as sandbox:
+        assert sandbox.sms_url("Shop").startswith(f"toy+http://test:k@127.0.0.1:{sandbox.port}/")
+        api = sandbox.base_url + "/api/send"
+        form = {"key": "k", "id": "b1", "to": "79001234212,79001234213", "callback": receiver.url}
+        assert requests.post(api, data={**form, "key": "x"}, timeout=5).status_code == 403
+        assert requests.post(sandbox.base_url + "/other", timeout=5).json() == {
+            "error": "not found; the API is POST /api/send, GET /api/status"
+        }
+        sandbox.configure(codes={"79001234213": 7})
+        answer = requests.post(api, data=form, timeout=5).json()
+        assert answer == {"sent": ["b1-79001234212"], "refused": {"79001234213": 7}}
+        assert sandbox.wait_for_callbacks(1)
+        assert parse_qs(receiver.posts[0]["body"].decode()) == {
+            "id": ["b1-79001234212"],
+            "state": ["ok"],
+        }
+        status = requests.get(sandbox.base_url + "/api/status?key=k&id=b1-79001234212", timeout=5)
+        assert status.json() == {"status": "delivered"}
+        # The shared failure injection applies to it as to MegaFon.
+        sandbox.configure(fail_rate=1.0)
+        assert requests.post(api, data=form, timeout=5).status_code == 503
+        assert sandbox.attempts["b1"] == 2  # the refused key never reached the endpoint
+        assert len(sandbox.requests) == 5

@@ -9,16 +9,16 @@ from urllib.parse import parse_qsl
 import pytest
 
 from crm_sms.backends import get_backend
-from crm_sms.backends.base import ConfigurationError, OutgoingSMS, SendStatus
+from crm_sms.backends.base import OutgoingSMS, SendStatus
 from crm_sms.backends.smsru import (
     SEND_ERRORS,
     STATUS_CODES,
     SmsRuBackend,
-    SMSRuError,
     classify_send_error,
     status_report,
 )
 from crm_sms.conf import parse_sms_url
+from crm_sms.exceptions import ConfigurationError, ProviderError
 from crm_sms.models import MessageStatus
 from tests.fixtures_smsru import API_ID
 
@@ -74,7 +74,7 @@ def test_more_than_100_are_split_and_different_texts_use_multi(smsru_provider):
     assert [len(dict(f).get("to", "").split(",")) for _, f in smsru_provider.requests] == [1, 1]
     sizes = [sum(k.startswith("multi[") for k, _ in f) for _, f in smsru_provider.requests]
     assert sizes == [100, 50]
-    assert all(r.accepted for r in results)
+    assert all(r.status is SendStatus.ACCEPTED for r in results)
     assert smsru_provider.messages[results[120].provider_message_id]["text"] == "Hi 120"
 
 
@@ -203,7 +203,7 @@ def test_query_status_asks_100_ids_per_request(smsru_provider):
 
 def test_query_status_refused_raises(smsru_provider):
     smsru_provider.request_error = 200
-    with pytest.raises(SMSRuError, match="200"):
+    with pytest.raises(ProviderError, match="200"):
         get_backend().query_status([types.SimpleNamespace(msg_id="a", provider_message_id="1")])
 
 

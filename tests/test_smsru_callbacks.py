@@ -10,7 +10,7 @@ import requests
 from django.urls import reverse
 
 from crm_sms.backends import get_backend
-from crm_sms.backends.base import OutgoingSMS
+from crm_sms.backends.base import OutgoingSMS, SendStatus
 from crm_sms.models import Message, MessageEvent, MessageStatus
 from tests.fixtures_smsru import API_ID, callback_form, sign, status_entry
 
@@ -131,7 +131,7 @@ def send_through_backend(messages: list[Message]) -> None:
         [OutgoingSMS(m.phone, m.text, m.sender or "Test", m.msg_id) for m in messages]
     )
     for m, result in zip(messages, results, strict=True):
-        assert result.accepted, result
+        assert result.status is SendStatus.ACCEPTED, result
         Message.objects.filter(pk=m.pk, status=S.SENDING).update(
             status=S.SENT, provider_message_id=result.provider_message_id
         )
@@ -178,7 +178,7 @@ def test_live_round_trip_fake_smsru_posts_signed_callbacks(
 def test_outbox_sends_through_fake_smsru_and_reports_deliver(
     live_server, transactional_db, smsru_provider
 ):
-    from crm_sms.sending import dispatch_due, send_sms
+    from crm_sms.outbox import dispatch_due, send_sms
 
     smsru_provider.callback_url = live_server.url + URL
     smsru_provider.auto_callbacks = True

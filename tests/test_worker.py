@@ -7,12 +7,22 @@ import re
 import signal
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
-from crm_sms import sending
-from crm_sms.models import Campaign, CampaignStatus, Contact, Message, MessageStatus
+from crm_sms import outbox
+from crm_sms.models import (
+    ACTIVE_STATUSES,
+    Campaign,
+    CampaignStatus,
+    Contact,
+    Message,
+    MessageStatus,
+)
+from crm_sms.outbox import results
 from tests.fixtures_outbox import make_contacts, subprocess_env, wait_until
 
 pytestmark = pytest.mark.usefixtures("english")
@@ -20,6 +30,10 @@ pytestmark = pytest.mark.usefixtures("english")
 
 def statuses(**filters) -> Counter:
     return Counter(Message.objects.filter(**filters).values_list("status", flat=True))
+
+
+def claimed_since(when) -> bool:
+    return Message.objects.filter(status=MessageStatus.SENDING, claimed_at__gte=when).exists()
 
 
 def assert_one_sms_per_subscriber(sandbox, count: int) -> None:
@@ -35,7 +49,7 @@ def assert_one_sms_per_subscriber(sandbox, count: int) -> None:
 @pytest.mark.django_db
 def test_sms_worker_once_sends_everything_due_and_prints_progress(locmem_provider):
     make_contacts(30)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     out = io.StringIO()
     call_command("sms_worker", "--once", "--batch-size", "10", "--concurrency", "4", stdout=out)
     assert len(locmem_provider) == 30
@@ -49,8 +63,8 @@ def test_sms_worker_once_sends_everything_due_and_prints_progress(locmem_provide
 
 @pytest.mark.django_db
 def test_sms_worker_provider_option_sends_only_that_provider(locmem_provider):
-    sending.send_sms("+79001234201", "a")
-    other = sending.send_sms("+79001234202", "b", provider="other")
+    outbox.send_sms("+79001234201", "a")
+    other = outbox.send_sms("+79001234202", "b", provider="other")
     call_command("sms_worker", "--once", "--provider", "other", stdout=io.StringIO())
     other.refresh_from_db()
     assert other.status == MessageStatus.SENT
@@ -66,11 +80,11 @@ def test_every_message_ends_sent_despite_503_timeouts_and_throttling(sandbox_pro
         fail_rate=0.1, timeout_rate=0.1, timeout_s=0.8, throttle_rate=0.1, latency_ms=2
     )
     make_contacts(300)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     deadline = time.monotonic() + 25
     while time.monotonic() < deadline:
-        sending.dispatch_due(concurrency=16, batch_size=100)
-        if not Message.objects.filter(status__in=sending.ACTIVE_STATUSES).exists():
+        outbox.dispatch_due(concurrency=16, batch_size=100)
+        if not Message.objects.filter(status__in=ACTIVE_STATUSES).exists():
             break
         time.sleep(0.05)
     assert statuses() == {MessageStatus.SENT: 300}
@@ -87,9 +101,9 @@ def test_rate_limit_is_applied_by_the_worker(sandbox_provider, settings):
     crm["PROVIDERS"] = {"default": {**crm["PROVIDERS"]["default"], "RATE_LIMIT": 20}}
     settings.CRM_SMS = crm
     make_contacts(15)
-    sending.send_campaign(Contact.objects.all(), "Hi")
+    outbox.send_campaign(Contact.objects.all(), "Hi")
     started = time.monotonic()
-    sending.dispatch_due(concurrency=8)
+    outbox.dispatch_due(concurrency=8)
     elapsed = time.monotonic() - started
     assert statuses() == {MessageStatus.SENT: 15}
     assert elapsed >= 14 / 20 * 0.95  # 15 sends spaced at >= 1/20 s
@@ -100,7 +114,7 @@ def test_rate_limit_is_applied_by_the_worker(sandbox_provider, settings):
 def test_two_worker_processes_never_send_a_message_twice(sandbox_provider, worker_processes):
     sandbox_provider.configure(latency_ms=25)
     make_contacts(400)
-    sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     env = subprocess_env(sandbox_provider)
     args = ["--once", "--concurrency", "8", "--batch-size", "25"]
     first, second = worker_processes(args, env), worker_processes(args, env)
@@ -125,7 +139,7 @@ def test_a_killed_worker_loses_nothing_and_nobody_gets_two_sms(
     already had, so they are 'sent' and nobody gets a second SMS."""
     sandbox_provider.configure(latency_ms=150)
     make_contacts(120)
-    sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     worker = worker_processes(
         ["--concurrency", "8", "--batch-size", "40"], subprocess_env(sandbox_provider)
     )
@@ -135,9 +149,13 @@ def test_a_killed_worker_loses_nothing_and_nobody_gets_two_sms(
     assert in_sending > 0, "the kill was supposed to land mid-batch"
     settings.CRM_SMS = {**settings.CRM_SMS, "CLAIM_TIMEOUT": 0.2}
     sandbox_provider.configure(latency_ms=0)
-    time.sleep(0.4)  # the claim times out; requests the dead worker sent are answered by now
+    # Wait for conditions, not for a time: the claims are older than CLAIM_TIMEOUT, and the
+    # sandbox has answered what the dead worker sent (each request accepts a new msg_id; a
+    # request cut off mid-body is never accepted: then give up waiting after 10 s).
+    assert wait_until(lambda: not claimed_since(timezone.now() - timedelta(seconds=0.2)))
+    wait_until(lambda: len(sandbox_provider.accepted) == len(sandbox_provider.requests), 10)
     accepted_before = set(sandbox_provider.accepted)
-    summary = sending.dispatch_due(concurrency=16)
+    summary = outbox.dispatch_due(concurrency=16)
     assert summary["sent"] > 0
     assert statuses() == {MessageStatus.SENT: 120}
     assert_one_sms_per_subscriber(sandbox_provider, 120)
@@ -153,7 +171,7 @@ def test_sigterm_finishes_requests_in_flight_and_gives_back_the_rest(
 ):
     sandbox_provider.configure(latency_ms=300)
     make_contacts(100)
-    sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     worker = worker_processes(
         ["--concurrency", "4", "--batch-size", "50"], subprocess_env(sandbox_provider)
     )
@@ -179,7 +197,7 @@ def test_a_wrong_password_pauses_a_worker_process_and_resume_continues(
     sandbox_provider, worker_processes
 ):
     make_contacts(50)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     env = subprocess_env(sandbox_provider)  # the worker keeps password "test"
     sandbox_provider.configure(password="changed")  # ... which the provider now refuses
     code, out = worker_processes(["--once", "--concurrency", "16"], env).wait()
@@ -190,7 +208,7 @@ def test_a_wrong_password_pauses_a_worker_process_and_resume_continues(
     assert len(sandbox_provider.requests) <= 3
     assert statuses() == {MessageStatus.QUEUED: 50}
     sandbox_provider.configure(password="test")
-    sending.resume_campaign(campaign)
+    outbox.resume_campaign(campaign)
     code, out = worker_processes(["--once"], env).wait()
     assert code == 0, out
     assert statuses() == {MessageStatus.SENT: 50}
@@ -205,7 +223,7 @@ def test_postgres_claims_skip_rows_locked_by_another_worker(requires_postgres, l
     from django.db import connections, transaction
 
     for i in range(10):
-        sending.send_sms(f"+7900123420{i}", "x")
+        outbox.send_sms(f"+7900123420{i}", "x")
     locked = threading.Event()
     release = threading.Event()
 
@@ -220,7 +238,7 @@ def test_postgres_claims_skip_rows_locked_by_another_worker(requires_postgres, l
     holder.start()
     try:
         assert locked.wait(10)
-        claimed = sending.claim_due_messages(10)
+        claimed = outbox.claim_due_messages(10)
         assert len(claimed) == 5
         assert min(m.pk for m in claimed) > min(Message.objects.values_list("pk", flat=True))
     finally:
@@ -236,10 +254,10 @@ def test_a_database_error_does_not_stop_a_running_worker(locmem_provider, monkey
     from django.db import OperationalError
 
     for i in range(3):
-        sending.send_sms(f"+7900123420{i}", "x")
+        outbox.send_sms(f"+7900123420{i}", "x")
     stop = threading.Event()
     calls = []
-    original = sending._write_results
+    original = results.write_results
 
     def flaky(jobs, summary, gates):
         calls.append(len(jobs))
@@ -248,8 +266,8 @@ def test_a_database_error_does_not_stop_a_running_worker(locmem_provider, monkey
         original(jobs, summary, gates)
         stop.set()
 
-    monkeypatch.setattr(sending, "_write_results", flaky)
-    summary = sending.run_worker(stop=stop)
+    monkeypatch.setattr(results, "write_results", flaky)
+    summary = outbox.run_worker(stop=stop)
     assert len(calls) == 2 and calls[0] == calls[1] == 3
     assert summary.sent == 3
     assert statuses() == {MessageStatus.SENT: 3}

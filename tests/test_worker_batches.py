@@ -7,10 +7,11 @@ from collections import Counter
 
 import pytest
 
-from crm_sms import sending
+from crm_sms import outbox
 from crm_sms.backends.base import DeliveryReport, SendResult, SendStatus
 from crm_sms.backends.smsru import SmsRuBackend
 from crm_sms.models import Campaign, CampaignStatus, Contact, Message, MessageStatus
+from crm_sms.outbox import pool
 from crm_sms.reports import apply_delivery_reports
 from tests.fixtures_outbox import make_contacts
 
@@ -40,7 +41,7 @@ def smsru_outbox(smsru_provider, settings):
         **settings.CRM_SMS,
         "RETRY_BACKOFF": 0.01,
         "RETRY_BACKOFF_MAX": 0.05,
-        "POLL_INTERVAL": 0.05,
+        "IDLE_SLEEP": 0.05,
         "PAUSE_AFTER": 3,
     }
     return smsru_provider
@@ -48,8 +49,8 @@ def smsru_outbox(smsru_provider, settings):
 
 def test_smsru_campaign_goes_out_up_to_100_numbers_per_request(smsru_outbox):
     make_contacts(250)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
-    summary = sending.dispatch_due()
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
+    summary = outbox.dispatch_due()
     requests_ = send_requests(smsru_outbox)
     assert len(requests_) == 3
     assert sorted(numbers_in(fields) for fields in requests_) == [50, 100, 100]
@@ -72,10 +73,10 @@ def test_run_worker_once_batches_and_each_message_uses_a_rate_limit_slot(smsru_o
             acquired.append(1)
             return True
 
-    monkeypatch.setattr(sending, "get_rate_limiter", lambda alias, rate: CountingLimiter())
+    monkeypatch.setattr(pool, "get_rate_limiter", lambda alias, rate: CountingLimiter())
     make_contacts(120)
-    sending.send_campaign(Contact.objects.all(), "Hello")
-    summary = sending.run_worker(once=True, batch_size=200)
+    outbox.send_campaign(Contact.objects.all(), "Hello")
+    summary = outbox.run_worker(once=True, batch_size=200)
     assert summary.sent == 120
     assert len(send_requests(smsru_outbox)) == 2
     assert len(acquired) == 120
@@ -84,8 +85,8 @@ def test_run_worker_once_batches_and_each_message_uses_a_rate_limit_slot(smsru_o
 def test_a_request_wide_provider_error_counts_once_and_pauses_the_campaign(smsru_outbox):
     smsru_outbox.request_error = 200  # wrong api_id: every request refused
     make_contacts(250)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hello")
-    summary = sending.dispatch_due()
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hello")
+    summary = outbox.dispatch_due()
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.PAUSED
     assert summary["paused_campaigns"] == [campaign.pk]
@@ -99,8 +100,8 @@ def test_a_request_wide_provider_error_counts_once_and_pauses_the_campaign(smsru
 def test_a_failing_send_many_retries_every_message_of_the_group(
     smsru_outbox, monkeypatch, settings, failure
 ):
-    # Retries come later than this run ends: one attempt each.
-    settings.CRM_SMS = {**settings.CRM_SMS, "RETRY_BACKOFF": 60, "RETRY_BACKOFF_MAX": 60}
+    # Retries are not due before this run ends (longer than any test may run): one attempt each.
+    settings.CRM_SMS = {**settings.CRM_SMS, "RETRY_BACKOFF": 3600, "RETRY_BACKOFF_MAX": 3600}
     calls = []
 
     def send_many(self, batch):
@@ -112,8 +113,8 @@ def test_a_failing_send_many_retries_every_message_of_the_group(
 
     monkeypatch.setattr(SmsRuBackend, "send_many", send_many)
     make_contacts(150)
-    sending.send_campaign(Contact.objects.all(), "Hello")
-    summary = sending.dispatch_due()
+    outbox.send_campaign(Contact.objects.all(), "Hello")
+    summary = outbox.dispatch_due()
     assert sorted(calls) == [50, 100]
     assert summary["retried"] == 150
     assert statuses() == {MessageStatus.QUEUED: 150}
@@ -130,8 +131,8 @@ def test_a_provider_taking_one_message_per_request_still_gets_send(locmem_provid
 
     monkeypatch.setattr(LocmemBackend, "send_many", no_send_many)
     make_contacts(30)
-    sending.send_campaign(Contact.objects.all(), "Hello")
-    summary = sending.dispatch_due(batch_size=10, concurrency=4)
+    outbox.send_campaign(Contact.objects.all(), "Hello")
+    summary = outbox.dispatch_due(batch_size=10, concurrency=4)
     assert summary["sent"] == 30
     assert len(locmem_provider) == 30
 
@@ -140,8 +141,8 @@ def test_a_report_finishing_the_last_message_first_still_completes_the_campaign(
     locmem_provider,
 ):
     make_contacts(1)
-    campaign = sending.send_campaign(Contact.objects.all(), "Hello")
-    claimed = sending.claim_due_messages(10)
+    campaign = outbox.send_campaign(Contact.objects.all(), "Hello")
+    claimed = outbox.claim_due_messages(10)
     assert [m.campaign_id for m in claimed] == [campaign.pk]
     message = claimed[0]
     # The provider's delivery report arrives before the worker writes the send result.
@@ -149,11 +150,11 @@ def test_a_report_finishing_the_last_message_first_still_completes_the_campaign(
         [DeliveryReport(status="delivered", msg_id=message.msg_id)], provider=message.provider
     )
     assert counts["applied"] == 1
-    outbox = sending.Outbox(concurrency=2)
+    worker = outbox.Outbox(concurrency=2)
     try:
-        summary = outbox.send_batch(claimed)
+        summary = worker.send_batch(claimed)
     finally:
-        outbox.close()
+        worker.close()
     message.refresh_from_db()
     assert message.status == MessageStatus.DELIVERED
     assert message.provider_message_id == message.msg_id

@@ -15,14 +15,23 @@ _instances: dict[str, BaseBackend] = {}
 _lock = threading.Lock()
 
 
-def load_backend_class(path: str) -> type[BaseBackend]:
-    try:
-        cls = import_string(path)
-    except ImportError as exc:
-        raise ImproperlyConfigured(f"SMS backend {path!r} cannot be imported: {exc}") from exc
+def load_backend_class(path: str | type) -> type[BaseBackend]:
+    """The backend class at dotted ``path`` (or ``path`` itself when it is a class);
+    ImproperlyConfigured when it cannot be imported or is not a BaseBackend."""
+    cls = path
+    if isinstance(path, str):
+        try:
+            cls = import_string(path)
+        except Exception as exc:  # ImportError, or the module failed (e.g. apps not ready)
+            raise ImproperlyConfigured(f"SMS backend {path!r} cannot be imported: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, BaseBackend)):
         raise ImproperlyConfigured(f"SMS backend {path!r} is not a BaseBackend subclass")
     return cls
+
+
+def backend_path(cls: type) -> str:
+    """The dotted path of a backend class (what ``BACKEND`` holds)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def build_backend(alias: str) -> BaseBackend:
@@ -32,6 +41,23 @@ def build_backend(alias: str) -> BaseBackend:
         raise ImproperlyConfigured(f"CRM_SMS['PROVIDERS'][{alias!r}] has no 'BACKEND'")
     cls = load_backend_class(config["BACKEND"])
     return cls(alias=alias, options=config.get("OPTIONS", {}), rate_limit=config.get("RATE_LIMIT"))
+
+
+def provider_choices() -> list[tuple[str, str]]:
+    """(alias, "alias (display name)") of every configured provider, for select boxes.
+
+    Only the backend class is looked at, so a provider configured wrongly is still listed
+    (by its alias alone); choosing it gives the send's ValidationError.
+    """
+    choices = []
+    for alias in conf.provider_aliases():
+        try:
+            cls = load_backend_class(conf.provider_config(alias).get("BACKEND", ""))
+        except ImproperlyConfigured:
+            choices.append((alias, alias))
+            continue
+        choices.append((alias, f"{alias} ({cls.display_name})"))
+    return choices
 
 
 def get_backend(alias: str | None = None) -> BaseBackend:

@@ -1,36 +1,44 @@
-"""The backend contract: one small base class, the values it passes around, one exception tree.
+"""The backend contract: one small base class and the values it passes around.
 
 A backend turns an ``OutgoingSMS`` into a ``SendResult`` and a provider's delivery report into
-``DeliveryReport``s. It never touches the database: the outbox (``crm_sms.sending``) and the
-report handling (``crm_sms.reports``) do, so a backend is easy to write and to test.
+``DeliveryReport``s. It never touches the database: the outbox (``crm_sms.outbox``) and the
+report handling (``crm_sms.reports``) do, so a backend is easy to write and to test. The
+exceptions live in ``crm_sms.exceptions`` (re-exported here for backends' convenience).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.core import checks
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
 
+from ..exceptions import CallbackError, CallbackForbidden, ConfigurationError, SMSError
+from .options import Option, read_options, read_rate_limit
 
-class SMSError(Exception):
-    """The root of crm-sms's exceptions."""
+if TYPE_CHECKING:
+    from ..conf import SMSURL
 
-
-class ConfigurationError(SMSError, ImproperlyConfigured):
-    """A provider is configured wrongly; the message names the setting or env variable."""
-
-
-class CallbackError(SMSError):
-    """A delivery report that cannot be parsed (answered 400)."""
-
-
-class CallbackForbidden(SMSError):
-    """A delivery report whose signature does not match (answered 403)."""
+__all__ = [
+    "BaseBackend",
+    "CallbackError",
+    "CallbackForbidden",
+    "ConfigurationError",
+    "DeliveryReport",
+    "DeliveryStatus",
+    "Option",
+    "OutgoingSMS",
+    "RetrySafety",
+    "SMSError",
+    "SendResult",
+    "SendStatus",
+]
 
 
 class SendStatus(enum.StrEnum):
@@ -38,6 +46,23 @@ class SendStatus(enum.StrEnum):
     REJECTED = "rejected"  # refused for good, for this message only: failed
     RETRY = "retry"  # a passing problem (timeout, 5xx, throttling): try again later
     PROVIDER_ERROR = "provider_error"  # the provider refuses everything (credentials, IP): pause
+
+
+class RetrySafety(enum.StrEnum):
+    """How a backend keeps a retry after an ambiguous failure from sending a second SMS."""
+
+    DEDUPLICATED = "deduplicated"  # the provider drops a repeat of our key (MegaFon's msg_id)
+    LOOKUP = "lookup"  # ``lookup_sent`` asks the provider whether our message arrived
+    NONE = "none"  # neither: an ambiguous failure is "uncertain" until an operator decides
+
+
+class DeliveryStatus(enum.StrEnum):
+    """The statuses a delivery report can carry (the same strings as ``MessageStatus``)."""
+
+    SENT = "sent"  # still on its way (a provider's intermediate state)
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
 
 
 @dataclass
@@ -53,27 +78,25 @@ class OutgoingSMS:
 
 @dataclass
 class SendResult:
+    """What became of one message: ``status`` decides what the outbox does with it."""
+
     status: SendStatus
     provider_message_id: str = ""
     error_code: str = ""
     error_message: str = ""
     raw: Any = None  # the provider's answer, for Message.last_response; never credentials
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in (SendStatus.RETRY, SendStatus.PROVIDER_ERROR)
-
-    @property
-    def accepted(self) -> bool:
-        return self.status is SendStatus.ACCEPTED
+    #: The request may have reached the provider (a read timeout, a connection reset after
+    #: sending, a 5xx or a garbled answer to a sent body): whether it was accepted is unknown.
+    #: Failures before anything was sent (refused connection, DNS, TLS) are not ambiguous.
+    ambiguous: bool = False
 
 
 @dataclass
 class DeliveryReport:
     """A delivery status from a callback or a poll. ``msg_id`` (ours) or
-    ``provider_message_id`` identifies the message; ``status`` is a MessageStatus value."""
+    ``provider_message_id`` identifies the message."""
 
-    status: str
+    status: DeliveryStatus
     msg_id: str = ""
     provider_message_id: str = ""
     error_code: str = ""
@@ -85,7 +108,7 @@ class DeliveryReport:
 class BaseBackend:
     """Subclass and implement ``send``; the rest is optional."""
 
-    #: A readable provider name for admin pages and messages.
+    #: The provider's name for people: admin choices and the texts of errors.
     display_name: str = "SMS"
     #: How many recipients ``send_many`` takes in one request (1: it is ``send`` in a loop).
     max_batch_size: int = 1
@@ -93,13 +116,65 @@ class BaseBackend:
     supports_callbacks: bool = False
     #: How long after sending a provider still reports a status (polling stops then), seconds.
     report_window: float = 24 * 3600
+    #: How a retry after an ambiguous failure stays safe (see ``RetrySafety``).
+    retry_safety: ClassVar[RetrySafety] = RetrySafety.NONE
+    #: The options this class adds (``option_table`` merges those of the base classes).
+    declared_options: ClassVar[tuple[Option, ...]] = (
+        Option("sender", str, "", "the default sender name"),
+    )
+    #: The options an ``SMS_URL``'s user and password parts fill (None: the URL has none).
+    url_user_option: ClassVar[str | None] = None
+    url_password_option: ClassVar[str | None] = None
 
     def __init__(
-        self, alias: str = "default", options: dict[str, Any] | None = None, rate_limit=None
+        self, alias: str = "default", options: Mapping[str, Any] | None = None, rate_limit=None
     ):
         self.alias = alias
-        self.options = dict(options or {})
-        self.rate_limit = float(rate_limit) if rate_limit else None
+        values, problems = self.read_options(options or {}, self.env_variable)
+        rate, rate_problems = read_rate_limit(rate_limit, self.env_variable)
+        if problems or rate_problems:
+            raise ConfigurationError(" ".join(p.msg for p in problems + rate_problems))
+        #: Every declared option, converted, defaults filled in.
+        self.options: dict[str, Any] = values
+        self.rate_limit: float | None = rate
+
+    # --- options -------------------------------------------------------------------------
+    @classmethod
+    def option_table(cls) -> dict[str, Option]:
+        """Name -> Option of every option this class takes, base classes' included."""
+        table: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            for option in vars(klass).get("declared_options", ()):
+                table[option.name] = option
+        return table
+
+    @classmethod
+    def read_options(
+        cls, given: Mapping[str, Any], env: str
+    ) -> tuple[dict[str, Any], list[checks.CheckMessage]]:
+        """(the converted options, the problems: unknown names and values that do not fit)."""
+        return read_options(cls.option_table(), given, env=env, owner=cls.display_name)
+
+    @classmethod
+    def options_from_url(cls, url: SMSURL) -> dict[str, Any]:
+        """The OPTIONS an ``SMS_URL`` gives: user and password by ``url_user_option`` and
+        ``url_password_option``, ``base_url`` from the host, then the query parameters.
+        Raises ConfigurationError for credentials the class has no option for."""
+        options: dict[str, Any] = {}
+        for part, value, option in (
+            ("user", url.user, cls.url_user_option),
+            ("password", url.password, cls.url_password_option),
+        ):
+            if option is not None and (value or (part == "password" and value is not None)):
+                options[option] = value
+            elif option is None and value:
+                raise ConfigurationError(
+                    f"{url.scheme}:// takes no {part} in the URL ({cls.display_name})"
+                )
+        if url.host:
+            options["base_url"] = url.base_url
+        options.update(url.query)
+        return options
 
     # --- sending -------------------------------------------------------------------------
     @property
@@ -111,9 +186,6 @@ class BaseBackend:
 
     def validate_text(self, text: str) -> None:
         """Raise ValidationError when the provider would refuse ``text``."""
-        from django.core.exceptions import ValidationError
-        from django.utils.translation import gettext as _
-
         if not text or not text.strip():
             raise ValidationError(_("The message text is empty."), code="empty_text")
 
@@ -124,6 +196,13 @@ class BaseBackend:
         """Send several messages; results in the same order. Override where the provider
         takes many recipients per request."""
         return [self.send(sms) for sms in batch]
+
+    def lookup_sent(self, sms: OutgoingSMS) -> SendResult | None:
+        """For ``RetrySafety.LOOKUP`` backends: ask the provider whether ``sms`` (our msg_id,
+        its phone) arrived after an ambiguous failure. An ACCEPTED result (with the provider's
+        id) if it did, None if it did not; raise ``ProviderError`` when the provider cannot
+        say (the outbox then asks again later and never resends blindly)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot look up sent messages")
 
     def callback_url(self) -> str | None:
         """Where the provider should post delivery reports, or None without PUBLIC_URL."""
@@ -154,8 +233,6 @@ class BaseBackend:
         """Configuration problems, found without the network (run by Django's system checks)."""
         problems = []
         if self.default_sender:
-            from django.core.exceptions import ValidationError
-
             try:
                 self.validate_sender(self.default_sender)
             except ValidationError as exc:
@@ -171,7 +248,10 @@ class BaseBackend:
 
     @property
     def env_variable(self) -> str:
-        return "SMS_URL" if self.alias == "default" else f"SMS_URL_{self.alias.upper()}"
+        """The environment variable that configures this provider (for messages)."""
+        from ..conf import env_variable
+
+        return env_variable(self.alias)
 
     def close(self) -> None:
         """Release connections (called when settings change and at shutdown)."""

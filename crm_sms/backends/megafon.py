@@ -2,26 +2,23 @@
 callback, no status query.
 
 ``SMS_URL=megafon://LOGIN:PASSWORD@a2p-api.megalabs.ru/?sender=MyCompany`` (``megafon+http://``
-for the sandbox). Options (from the URL query or ``OPTIONS``; strings are converted):
-``login``, ``password``, ``sender``, ``base_url`` (default https://a2p-api.megalabs.ru),
-``pool_size`` (keep-alive connections, default 32: at least the worker's concurrency),
-``connect_timeout`` (10 s), ``read_timeout`` (60 s), ``proxy`` (an HTTPS proxy URL),
-``ca_bundle`` (a CA file or directory; TLS is always verified), ``receipt_timezone`` (the zone
-of YYMMDDhhmm dates in SMPP receipts, default UTC).
+for the sandbox). Options: ``login``, ``password``, ``sender``, ``receipt_timezone`` (the zone
+of YYMMDDhhmm dates in SMPP receipts, default UTC) and the HTTP ones of ``http.HTTPBackend``
+(``base_url``, default https://a2p-api.megalabs.ru, ``pool_size``, ``connect_timeout``,
+``read_timeout`` 60 s, ``proxy``, ``ca_bundle``).
 
-The provider's facts (codes, field rules) are the tables below; docs/providers.md explains them.
+The provider's facts (codes, field rules, texts) are the tables below; docs/providers.md
+explains them. The transport (timeouts, TLS, 5xx, scrubbing credentials) is ``HTTPBackend``'s.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from urllib.parse import urlsplit
 
 import requests
 from django.core import checks
@@ -31,18 +28,17 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from ..models import MessageStatus
+from ..exceptions import CallbackError
 from .base import (
-    CallbackError,
-    ConfigurationError,
     DeliveryReport,
+    DeliveryStatus,
     OutgoingSMS,
+    RetrySafety,
     SendResult,
     SendStatus,
 )
-from .http import HTTPBackend
-
-logger = logging.getLogger("crm_sms.backends.megafon")
+from .http import JSON_CONTENT_TYPE, Answer, HTTPBackend, HTTPRequest
+from .options import Option, to_timezone
 
 DEFAULT_BASE_URL = "https://a2p-api.megalabs.ru"
 SEND_PATH = "/sms/v1/sms"
@@ -133,12 +129,47 @@ RECEIPT_STATES = {
 }
 
 CALLBACK_STATUSES = {
-    "delivered": MessageStatus.DELIVERED,
-    "delivery_failed": MessageStatus.UNDELIVERED,
+    "delivered": DeliveryStatus.DELIVERED,
+    "delivery_failed": DeliveryStatus.UNDELIVERED,
+}
+
+# The texts of HTTPBackend's failure kinds, in MegaFon's words.
+_NOT_JSON = gettext_lazy(
+    "MegaFon gave an answer that is not the API's JSON (HTTP %(status)d); the message will be "
+    "retried."
+)
+_UNREACHABLE = gettext_lazy(
+    "Could not reach MegaFon (%(host)s): %(reason)s. The message will be retried."
+)
+FAILURE_MESSAGES: dict[str, Any] = {
+    "timeout": gettext_lazy(
+        "MegaFon (%(host)s) did not answer within %(seconds)s s; the message will be "
+        "retried with the same msg_id."
+    ),
+    "proxy_error": gettext_lazy(
+        "Could not reach MegaFon (%(host)s) through the proxy; the message will be retried."
+    ),
+    "connection_error": _UNREACHABLE,
+    "request_error": _UNREACHABLE,
+    "tls_error": gettext_lazy(
+        "MegaFon's TLS certificate could not be verified (%(host)s). If a corporate proxy "
+        "re-signs HTTPS, add ?ca_bundle=/path/to/ca.pem to %(env)s."
+    ),
+    "server_error": gettext_lazy(
+        "MegaFon had a server error (HTTP %(status)d); the message will be retried."
+    ),
+    "credentials": gettext_lazy(
+        "MegaFon refused the login and password (HTTP %(status)d): check them in %(env)s."
+    ),
+    "wrong_address": gettext_lazy(
+        "MegaFon's address answered HTTP %(status)d: check base_url in %(env)s."
+    ),
+    "throttled": _NOT_JSON,
+    "bad_response": _NOT_JSON,
+    "http_error": gettext_lazy("MegaFon refused the request (HTTP %(status)d)."),
 }
 
 _RECEIPT_FIELD = re.compile(r"(id|sub|dlvrd|submit date|done date|stat|err|text):(\S*)", re.I)
-RAW_EXCERPT = 500
 
 
 def classify_code(code: int) -> tuple[SendStatus, str]:
@@ -202,54 +233,38 @@ class MegafonBackend(HTTPBackend):
     """Sends through MegaFon's A2P HTTPS API and parses its delivery reports."""
 
     display_name = "MegaFon"
+    # MegaFon answers 20102 to a msg_id it already has: a retry never sends twice.
+    retry_safety = RetrySafety.DEDUPLICATED
     supports_callbacks = True
     report_window = 24 * 3600
+    default_base_url = DEFAULT_BASE_URL
+    declared_options = (
+        Option("login", str, "", "the login of the MegaFon contract (the URL's user)"),
+        Option("password", str, "", "its password (the URL's password)", secret=True),
+        Option("receipt_timezone", to_timezone, UTC, "the zone of YYMMDDhhmm receipt dates"),
+    )
+    url_user_option = "login"
+    url_password_option = "password"
+    failure_messages = FAILURE_MESSAGES
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
-        opts = self.options
-        self.login: str = str(opts.get("login") or "")
-        self.password: str = str(opts.get("password") or "")
-        base_url = str(opts.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"{self.env_variable}: the MegaFon address {parts.scheme}://{parts.hostname or ''}"
-                " is not an http(s) URL"
-            )
-        if parts.username or parts.password:
-            # Credentials belong in login/password; keep them out of URLs (and error texts).
-            self.login = self.login or (parts.username or "")
-            self.password = self.password or (parts.password or "")
-            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-        self.base_url = urlunsplit(parts)
+        self.login: str = self.options["login"]
+        self.password: str = self.options["password"]
+        self.receipt_timezone = self.options["receipt_timezone"]
         self.send_url = self.base_url + SEND_PATH
-        tz_name = str(opts.get("receipt_timezone") or "UTC")
-        try:
-            self.receipt_timezone = ZoneInfo(tz_name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{self.env_variable}: receipt_timezone={tz_name!r} is not a known time zone"
-            ) from exc
         token = base64.b64encode(f"{self.login}:{self.password}".encode()).decode("ascii")
         self._auth_header = f"Basic {token}"
-        # The login is redacted too, unless it is so short that it would mangle other text.
-        login = self.login if len(self.login) >= 3 else ""
-        self._secrets = [s for s in (self.password, token, self.proxy_password(), login) if s]
 
-    # --- the HTTP session ----------------------------------------------------------------
+    def secrets(self) -> list[str]:
+        # The login is redacted too, unless it is so short that it would mangle other text.
+        login = [self.login] if len(self.login) >= 3 else []
+        return [*super().secrets(), self._auth_header.removeprefix("Basic "), *login]
+
     def configure_session(self, session: requests.Session) -> None:
         # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
         session.auth = _BasicAuth(self._auth_header)
-        session.headers.update(
-            {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
-        )
-
-    def redact(self, text: str) -> str:
-        """``text`` without the password, the Basic token or the proxy password."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        session.headers.update({"Content-Type": JSON_CONTENT_TYPE, "Accept": "application/json"})
 
     # --- validation ----------------------------------------------------------------------
     def validate_sender(self, sender: str) -> None:
@@ -329,188 +344,31 @@ class MegafonBackend(HTTPBackend):
             payload["callback_url"] = callback_url
         return payload
 
-    @staticmethod
-    def encode_payload(payload: dict[str, Any]) -> bytes:
-        """UTF-8 JSON without a byte-order mark (MegaFon refuses a body with one)."""
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    def build_request(self, messages: list[OutgoingSMS]) -> HTTPRequest:
+        """One message per request, as JSON (raises ValidationError: see build_payload)."""
+        [sms] = messages
+        return HTTPRequest(self.send_url, json=self.build_payload(sms))
 
-    def send(self, sms: OutgoingSMS) -> SendResult:
-        """Send one message; every outcome, failures included, comes back as a SendResult."""
-        try:
-            payload = self.build_payload(sms)
-        except ValidationError as exc:
-            message = " ".join(exc.messages)
-            return SendResult(
-                S.REJECTED,
-                error_code=exc.code or "invalid",
-                error_message=message,
-                raw={"error": "not sent: refused before sending", "detail": message},
-            )
-        try:
-            response = self.session.post(
-                self.send_url,
-                data=self.encode_payload(payload),
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout as exc:
-            return self._transport_failure(sms, "timeout", exc)
-        except requests.exceptions.SSLError as exc:
-            return self._tls_failure(sms, exc)
-        except requests.exceptions.ProxyError as exc:
-            return self._transport_failure(sms, "proxy_error", exc)
-        except requests.ConnectionError as exc:
-            return self._transport_failure(sms, "connection_error", exc)
-        except requests.RequestException as exc:
-            return self._transport_failure(sms, "request_error", exc)
-        result = self.parse_response(response, sms)
-        logger.debug(
-            "MegaFon %s: HTTP %s, %s %s",
-            sms.msg_id,
-            response.status_code,
-            result.status,
-            result.error_code,
-        )
-        return result
-
-    def _transport_failure(self, sms: OutgoingSMS, kind: str, exc: Exception) -> SendResult:
-        detail = self.redact(str(exc))[:RAW_EXCERPT]
-        host = urlsplit(self.base_url).netloc
-        if kind == "timeout":
-            read = not isinstance(exc, requests.ConnectTimeout)
-            message = _(
-                "MegaFon (%(host)s) did not answer within %(seconds)s s; the message will be "
-                "retried with the same msg_id."
-            ) % {"host": host, "seconds": self.read_timeout if read else self.connect_timeout}
-        elif kind == "proxy_error":
-            message = _(
-                "Could not reach MegaFon (%(host)s) through the proxy; the message will be retried."
-            ) % {"host": host}
-        else:
-            message = _(
-                "Could not reach MegaFon (%(host)s): %(reason)s. The message will be retried."
-            ) % {"host": host, "reason": type(exc).__name__}
-        logger.warning("MegaFon %s: %s (%s)", sms.msg_id, kind, detail)
-        return SendResult(
-            S.RETRY,
-            error_code=kind,
-            error_message=message,
-            raw={"error": type(exc).__name__, "detail": detail},
-        )
-
-    def _tls_failure(self, sms: OutgoingSMS, exc: Exception) -> SendResult:
-        # Every message would fail the same way: a configuration problem, so pause.
-        detail = self.redact(str(exc))[:RAW_EXCERPT]
-        logger.error("MegaFon %s: TLS verification failed (%s)", sms.msg_id, detail)
-        return SendResult(
-            S.PROVIDER_ERROR,
-            error_code="tls_error",
-            error_message=_(
-                "MegaFon's TLS certificate could not be verified (%(host)s). If a corporate proxy "
-                "re-signs HTTPS, add ?ca_bundle=/path/to/ca.pem to %(env)s."
-            )
-            % {"host": urlsplit(self.base_url).netloc, "env": self.env_variable},
-            raw={"error": type(exc).__name__, "detail": detail},
-        )
-
-    def parse_response(self, response: requests.Response, sms: OutgoingSMS) -> SendResult:
-        """Classify an HTTP answer: by HTTP status first, then by ``result.status.code``."""
-        http_status = response.status_code
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        code = None
-        if isinstance(data, dict):
-            result = data.get("result")
-            status = result.get("status") if isinstance(result, dict) else None
-            if isinstance(status, dict):
-                try:
-                    code = int(status.get("code"))
-                except (TypeError, ValueError):
-                    code = None
-        raw: Any = (
-            self._redact_json(data)
-            if data is not None
-            else {
-                "http_status": http_status,
-                "body": self.redact(response.text[:RAW_EXCERPT]),
-            }
-        )
-        if data is not None and http_status != 200:
-            raw = {"http_status": http_status, "body": raw}
-
-        if http_status in (401, 403):
-            return SendResult(
-                S.PROVIDER_ERROR,
-                error_code=f"http_{http_status}",
-                error_message=_(
-                    "MegaFon refused the login and password (HTTP %(status)d): check them in "
-                    "%(env)s."
-                )
-                % {"status": http_status, "env": self.env_variable},
-                raw=raw,
-            )
-        if http_status >= 500:
-            return SendResult(
-                S.RETRY,
-                error_code=f"http_{http_status}",
-                error_message=_(
-                    "MegaFon had a server error (HTTP %(status)d); the message will be retried."
-                )
-                % {"status": http_status},
-                raw=raw,
-            )
+    def parse_answer(self, answer: Answer, messages: list[OutgoingSMS]) -> list[SendResult] | None:
+        """By ``result.status.code`` (the HTTP status is HTTPBackend's); None without one."""
+        [sms] = messages
+        data = answer.data
+        code = _result_code(data)
         if code is None:
-            return self._classify_http(http_status, raw)
+            return None
         status, message = classify_code(code)
-        result = SendResult(status, error_code=str(code), error_message=message, raw=raw)
+        result = SendResult(status, error_code=str(code), error_message=message, raw=answer.raw)
         if status is S.ACCEPTED:
             result.error_code = "" if code == 0 else str(code)
             result.error_message = "" if code == 0 else message
-            provider_id = data["result"].get("msg_id")
-            result.provider_message_id = str(provider_id or sms.msg_id)
+            result.provider_message_id = str(data["result"].get("msg_id") or sms.msg_id)
         elif code == 20101:
             fields = self._bad_fields(data)
             if fields:
                 result.error_message = _(
                     "MegaFon refused the message: %(fields)s is missing or malformed."
                 ) % {"fields": ", ".join(fields)}
-        if status is S.PROVIDER_ERROR:
-            logger.error("MegaFon %s: code %s: %s", sms.msg_id, code, message)
-        return result
-
-    def _classify_http(self, http_status: int, raw: Any) -> SendResult:
-        """An answer without a MegaFon code: decide by the HTTP status alone."""
-        values = {"status": http_status}
-        if http_status == 200 or http_status in (408, 429):
-            return SendResult(
-                S.RETRY,
-                error_code="bad_response" if http_status == 200 else f"http_{http_status}",
-                error_message=_(
-                    "MegaFon gave an answer that is not the API's JSON (HTTP %(status)d); the "
-                    "message will be retried."
-                )
-                % values,
-                raw=raw,
-            )
-        if http_status in (301, 302, 303, 307, 308, 404, 405):
-            # Every message would get this: the address is wrong, not the message.
-            return SendResult(
-                S.PROVIDER_ERROR,
-                error_code=f"http_{http_status}",
-                error_message=_(
-                    "MegaFon's address answered HTTP %(status)d: check base_url in %(env)s."
-                )
-                % {**values, "env": self.env_variable},
-                raw=raw,
-            )
-        return SendResult(
-            S.REJECTED,
-            error_code=f"http_{http_status}",
-            error_message=_("MegaFon refused the request (HTTP %(status)d).") % values,
-            raw=raw,
-        )
+        return [result]
 
     @staticmethod
     def _bad_fields(data: dict) -> list[str]:
@@ -521,15 +379,6 @@ class MegafonBackend(HTTPBackend):
             if isinstance(name, str) and name:
                 names.append(str(FIELD_NAMES.get(name, name)))
         return names
-
-    def _redact_json(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, dict):
-            return {k: self._redact_json(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._redact_json(v) for v in value]
-        return value
 
     # --- delivery reports ----------------------------------------------------------------
     def parse_callback(self, request: HttpRequest) -> list[DeliveryReport]:
@@ -557,11 +406,11 @@ class MegafonBackend(HTTPBackend):
         provider_status = str(item.get("status") or "")
         receipt_text = str(item.get("short_message") or "")
         receipt = parse_receipt(receipt_text)
-        status = CALLBACK_STATUSES.get(provider_status, MessageStatus.UNDELIVERED)
+        status = CALLBACK_STATUSES.get(provider_status, DeliveryStatus.UNDELIVERED)
         stat = receipt.get("stat", "").upper()
         err = receipt.get("err", "")
         error_code = error_message = ""
-        if status != MessageStatus.DELIVERED:
+        if status != DeliveryStatus.DELIVERED:
             error_code = stat or provider_status or "unknown"
             if provider_status not in CALLBACK_STATUSES:
                 error_message = _(
@@ -573,7 +422,7 @@ class MegafonBackend(HTTPBackend):
                     "err": err or "-",
                 }
         delivered_at = None
-        if status == MessageStatus.DELIVERED:
+        if status == DeliveryStatus.DELIVERED:
             delivered_at = parse_receipt_date(receipt.get("done date", ""), self.receipt_timezone)
         return DeliveryReport(
             status=status,
@@ -625,5 +474,14 @@ class MegafonBackend(HTTPBackend):
             )
         return problems
 
-    def __repr__(self) -> str:
-        return f"<MegafonBackend {self.alias!r} {self.base_url}>"
+
+def _result_code(data: Any) -> int | None:
+    """``result.status.code`` of an answer, or None when it has none."""
+    result = data.get("result") if isinstance(data, dict) else None
+    status = result.get("status") if isinstance(result, dict) else None
+    if not isinstance(status, dict):
+        return None
+    try:
+        return int(status.get("code"))
+    except (TypeError, ValueError):
+        return None

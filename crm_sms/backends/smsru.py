@@ -2,9 +2,9 @@
 
 Configured by one URL: ``SMS_URL=smsru://API_ID@sms.ru/?sender=MyCompany`` (``smsru+http://`` for a
 local fake). Options: ``api_id`` (required), ``sender`` (``from``; the account's default when
-empty), ``base_url`` (``https://sms.ru``), ``timeout`` (read timeout in seconds, 15; the
-HTTP options of ``http.HTTPBackend`` apply too), ``test`` (``1``: SMS.RU checks the request but
-sends nothing).
+empty), ``test`` (``1``: SMS.RU checks the request but sends nothing), ``timeout`` (the older
+name of ``read_timeout``, here 15 s) and the HTTP ones of ``http.HTTPBackend`` (``base_url``,
+default ``https://sms.ru``, ``pool_size``, ``connect_timeout``, ``proxy``, ``ca_bundle``).
 
 Unlike MegaFon, SMS.RU
 
@@ -26,31 +26,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from django.core import checks
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from ..models import MessageStatus
-from .base import (
-    CallbackError,
-    CallbackForbidden,
-    ConfigurationError,
-    DeliveryReport,
-    OutgoingSMS,
-    SendResult,
-    SendStatus,
-    SMSError,
-)
-from .http import HTTPBackend
-
-logger = logging.getLogger("crm_sms.backends.smsru")
+from ..exceptions import CallbackError, CallbackForbidden, ConfigurationError, ProviderError
+from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, SendResult, SendStatus
+from .http import Answer, HTTPBackend, HTTPRequest
+from .options import Option
 
 DEFAULT_BASE_URL = "https://sms.ru"
 MAX_RECIPIENTS = 100
@@ -87,21 +76,39 @@ SEND_ERRORS: dict[int, tuple[SendStatus, Any]] = {
 #: An error code missing from the table: permanent for this message, never retried forever.
 UNKNOWN_ERROR = SendStatus.REJECTED
 
-#: Delivery status codes (/sms/status and callbacks) -> MessageStatus, with their meaning.
-STATUS_CODES: dict[int, tuple[str, Any]] = {
-    100: (MessageStatus.SENT, _("In SMS.RU's queue")),
-    101: (MessageStatus.SENT, _("Being passed to the operator")),
-    102: (MessageStatus.SENT, _("Sent (on its way)")),
-    103: (MessageStatus.DELIVERED, _("Delivered")),
-    104: (MessageStatus.UNDELIVERED, _("Not delivered: its lifetime expired")),
-    105: (MessageStatus.UNDELIVERED, _("Not delivered: deleted by the operator")),
-    106: (MessageStatus.UNDELIVERED, _("Not delivered: phone failure")),
-    107: (MessageStatus.UNDELIVERED, _("Not delivered: unknown reason")),
-    108: (MessageStatus.UNDELIVERED, _("Not delivered: rejected")),
-    110: (MessageStatus.DELIVERED, _("Delivered and read")),
-    150: (MessageStatus.UNDELIVERED, _("Not delivered: no route to this number")),
+#: Delivery status codes (/sms/status and callbacks) -> DeliveryStatus, with their meaning.
+STATUS_CODES: dict[int, tuple[DeliveryStatus, Any]] = {
+    100: (DeliveryStatus.SENT, _("In SMS.RU's queue")),
+    101: (DeliveryStatus.SENT, _("Being passed to the operator")),
+    102: (DeliveryStatus.SENT, _("Sent (on its way)")),
+    103: (DeliveryStatus.DELIVERED, _("Delivered")),
+    104: (DeliveryStatus.UNDELIVERED, _("Not delivered: its lifetime expired")),
+    105: (DeliveryStatus.UNDELIVERED, _("Not delivered: deleted by the operator")),
+    106: (DeliveryStatus.UNDELIVERED, _("Not delivered: phone failure")),
+    107: (DeliveryStatus.UNDELIVERED, _("Not delivered: unknown reason")),
+    108: (DeliveryStatus.UNDELIVERED, _("Not delivered: rejected")),
+    110: (DeliveryStatus.DELIVERED, _("Delivered and read")),
+    150: (DeliveryStatus.UNDELIVERED, _("Not delivered: no route to this number")),
 }
 NOT_FOUND = -1  # /sms/status: no such sms_id (yet): no report
+
+# HTTPBackend's failure kinds as SMS.RU's backend has always reported them: one "network"
+# code for every passing problem, and any HTTP status but 200 refuses the request.
+_NETWORK = (SendStatus.RETRY, "network")
+_REFUSED = (SendStatus.PROVIDER_ERROR, "http_{status}")
+FAILURE_STATUSES = {
+    **dict.fromkeys(
+        ("timeout", "proxy_error", "connection_error", "request_error", "tls_error"), _NETWORK
+    ),
+    **dict.fromkeys(("server_error", "bad_response"), _NETWORK),
+    **dict.fromkeys(("credentials", "wrong_address", "throttled", "http_error"), _REFUSED),
+}
+_NETWORK_TEXT = _("SMS.RU did not answer properly (%(error)s)")
+_REFUSED_TEXT = _("SMS.RU refused the request: HTTP %(status)s")
+FAILURE_MESSAGES = {
+    kind: _NETWORK_TEXT if code == _NETWORK else _REFUSED_TEXT
+    for kind, code in FAILURE_STATUSES.items()
+}
 
 
 def _digits(phone: str) -> str:
@@ -123,12 +130,12 @@ def classify_send_error(code: int | None, text: str = "") -> tuple[SendStatus, s
     return UNKNOWN_ERROR, text or gettext("SMS.RU error %(code)s") % {"code": code}
 
 
-def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
-    """(MessageStatus, error_code, error_message) for a delivery status code; None for -1."""
+def status_report(code: int, text: str = "") -> tuple[DeliveryStatus, str, str] | None:
+    """(DeliveryStatus, error_code, error_message) for a delivery status code; None for -1."""
     if code == NOT_FOUND:
         return None
-    status, meaning = STATUS_CODES.get(code, (MessageStatus.UNDELIVERED, ""))
-    if status == MessageStatus.UNDELIVERED:
+    status, meaning = STATUS_CODES.get(code, (DeliveryStatus.UNDELIVERED, ""))
+    if status == DeliveryStatus.UNDELIVERED:
         return (
             status,
             str(code),
@@ -138,21 +145,33 @@ def status_report(code: int, text: str = "") -> tuple[str, str, str] | None:
 
 
 class SmsRuBackend(HTTPBackend):
+    """Sends through SMS.RU (up to 100 numbers a request), polls and verifies its reports."""
+
     display_name = "SMS.RU"
     max_batch_size = MAX_RECIPIENTS
     supports_callbacks = True
     report_window = 24 * 3600
+    default_base_url = DEFAULT_BASE_URL
+    declared_options = (
+        Option("api_id", str, "", "the account's API key (the URL's user)", secret=True),
+        Option("test", bool, False, "1: SMS.RU checks each request but sends nothing"),
+        Option("read_timeout", float, 15.0, "seconds to wait for the answer", minimum=0.001),
+        Option("timeout", float, None, "the older name of read_timeout", minimum=0.001),
+    )
+    url_user_option = "api_id"
+    reads_error_answers = False
+    failure_statuses = FAILURE_STATUSES
+    failure_messages = FAILURE_MESSAGES
 
-    default_read_timeout = 15.0
-
-    def __init__(self, alias="default", options=None, rate_limit=None):
+    def __init__(
+        self, alias: str = "default", options: dict[str, Any] | None = None, rate_limit=None
+    ):
         options = dict(options or {})
         if options.get("timeout") and not options.get("read_timeout"):
             options["read_timeout"] = options["timeout"]  # the option's older name
         super().__init__(alias, options, rate_limit=rate_limit)
-        self.api_id = str(self.options.get("api_id") or "")
-        self.base_url = str(self.options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        self.test = str(self.options.get("test", "")) in ("1", "true", "yes")
+        self.api_id: str = self.options["api_id"]
+        self.test: bool = self.options["test"]
 
     def _require_api_id(self) -> None:
         if not self.api_id:
@@ -161,37 +180,10 @@ class SmsRuBackend(HTTPBackend):
                 "smsru://API_ID@sms.ru/?sender=..."
             )
 
-    def _post(self, path: str, data: dict[str, Any] | list[tuple[str, str]]) -> dict[str, Any]:
-        """POST to SMS.RU and return its JSON; raise requests.RequestException or ValueError."""
-        response = self.session.post(self.base_url + path, data=data, timeout=self.timeout)
-        if response.status_code >= 500:
-            raise requests.HTTPError(f"HTTP {response.status_code}", response=response)
-        if response.status_code != 200:
-            raise _HTTPRefused(response.status_code, response.text[:200])
-        payload = response.json()
-        if not isinstance(payload, dict):
-            raise ValueError("SMS.RU answered JSON that is not an object")
-        return payload
-
     # --- sending -------------------------------------------------------------------------
-    def send(self, sms: OutgoingSMS) -> SendResult:
-        return self.send_many([sms])[0]
-
-    def send_many(self, batch: list[OutgoingSMS]) -> list[SendResult]:
-        """Send ``batch`` in as few requests as SMS.RU allows (100 distinct numbers each);
-        results in the same order as ``batch``."""
-        self._require_api_id()
-        results: list[SendResult | None] = [None] * len(batch)
-        for request_items in self._requests_for(batch):
-            for index, result in zip(
-                request_items, self._send_request([batch[i] for i in request_items]), strict=True
-            ):
-                results[index] = result
-        return results  # type: ignore[return-value]
-
-    def _requests_for(self, batch: list[OutgoingSMS]) -> list[list[int]]:
-        """Split ``batch`` into requests: one sender each, at most 100 numbers, no number twice
-        (SMS.RU answers per number, so a repeated number could not be told apart)."""
+    def split_batch(self, batch: list[OutgoingSMS]) -> list[list[int]]:
+        """Requests of one sender each, at most 100 numbers, no number twice (SMS.RU answers
+        per number, so a repeated number could not be told apart)."""
         requests_: list[list[int]] = []
         open_requests: dict[str, list[tuple[list[int], set[str]]]] = {}
         for index, sms in enumerate(batch):
@@ -208,54 +200,37 @@ class SmsRuBackend(HTTPBackend):
                 requests_.append(items)
         return requests_
 
-    def _send_request(self, batch: list[OutgoingSMS]) -> list[SendResult]:
+    def build_request(self, messages: list[OutgoingSMS]) -> HTTPRequest:
+        """A form POST to /sms/send: one ``to`` list and ``msg`` when the texts are the same,
+        else ``multi[<phone>]=<text>``."""
+        self._require_api_id()
         data: list[tuple[str, str]] = [("api_id", self.api_id), ("json", "1")]
-        sender = batch[0].sender or self.default_sender
+        sender = messages[0].sender or self.default_sender
         if sender:
             data.append(("from", sender))
         if self.test:
             data.append(("test", "1"))
-        texts = {sms.text for sms in batch}
-        if len(texts) == 1:
-            data += [("to", ",".join(_digits(s.to) for s in batch)), ("msg", batch[0].text)]
+        if len({sms.text for sms in messages}) == 1:
+            data += [("to", ",".join(_digits(s.to) for s in messages)), ("msg", messages[0].text)]
         else:
-            data += [(f"multi[{_digits(s.to)}]", s.text) for s in batch]
-        try:
-            payload = self._post("/sms/send", data)
-        except _HTTPRefused as exc:
-            return [
-                SendResult(
-                    SendStatus.PROVIDER_ERROR,
-                    error_code=f"http_{exc.status}",
-                    error_message=gettext("SMS.RU refused the request: HTTP %(status)s")
-                    % {"status": exc.status},
-                    raw={"http_status": exc.status, "body": exc.body},
-                )
-                for _ in batch
-            ]
-        except (requests.RequestException, ValueError) as exc:
-            kind = type(exc).__name__
-            logger.warning("SMS.RU request failed (%s); the batch will be retried", kind)
-            return [
-                SendResult(
-                    SendStatus.RETRY,
-                    error_code="network",
-                    error_message=gettext("SMS.RU did not answer properly (%(error)s)")
-                    % {"error": kind},
-                    raw={"error": kind},
-                )
-                for _ in batch
-            ]
+            data += [(f"multi[{_digits(s.to)}]", s.text) for s in messages]
+        return HTTPRequest(self.base_url + "/sms/send", data=data)
+
+    def parse_answer(self, answer: Answer, messages: list[OutgoingSMS]) -> list[SendResult] | None:
+        """A request-wide error for every message, else each number's own entry."""
+        payload = answer.data
+        if not isinstance(payload, dict):
+            return None
         if payload.get("status") != "OK":
             code = _code(payload.get("status_code"))
             status, message = classify_send_error(code, str(payload.get("status_text") or ""))
             raw = {k: v for k, v in payload.items() if k != "sms"}
             return [
                 SendResult(status, error_code=str(code), error_message=message, raw=raw)
-                for _ in batch
+                for _ in messages
             ]
         per_number = payload.get("sms") or {}
-        return [self._number_result(per_number.get(_digits(sms.to))) for sms in batch]
+        return [self._number_result(per_number.get(_digits(sms.to))) for sms in messages]
 
     def _number_result(self, entry: Any) -> SendResult:
         if not isinstance(entry, dict):
@@ -277,20 +252,21 @@ class SmsRuBackend(HTTPBackend):
     def query_status(self, messages) -> list[DeliveryReport]:
         """Ask /sms/status about ``messages`` (objects with ``msg_id`` and
         ``provider_message_id``), 100 per request. Returns one report per message SMS.RU knows;
-        ``-1`` (not found) yields none. Raises ``requests.RequestException`` when SMS.RU cannot
-        be reached, so polling can stop and try later."""
+        ``-1`` (not found) yields none. Raises ``ProviderError`` when SMS.RU cannot be reached or
+        refuses the query, so polling can stop and try later."""
         self._require_api_id()
         by_id = {m.provider_message_id: m for m in messages if m.provider_message_id}
         ids = list(by_id)
         reports: list[DeliveryReport] = []
         for start in range(0, len(ids), MAX_RECIPIENTS):
             chunk = ids[start : start + MAX_RECIPIENTS]
-            payload = self._post(
-                "/sms/status", {"api_id": self.api_id, "sms_id": ",".join(chunk), "json": "1"}
-            )
+            fields = {"api_id": self.api_id, "sms_id": ",".join(chunk), "json": "1"}
+            answer = self.post(HTTPRequest(self.base_url + "/sms/status", data=fields))
+            payload = answer.data
+            if not isinstance(payload, dict):
+                raise self.unexpected_answer(answer)
             if payload.get("status") != "OK":
-                code = _code(payload.get("status_code"))
-                raise SMSRuError(code, str(payload.get("status_text") or ""))
+                raise self._refused_query(payload)
             for sms_id, entry in (payload.get("sms") or {}).items():
                 message = by_id.get(str(sms_id))
                 if message is None or not isinstance(entry, dict):
@@ -312,6 +288,12 @@ class SmsRuBackend(HTTPBackend):
                     )
                 )
         return reports
+
+    def _refused_query(self, payload: dict[str, Any]) -> ProviderError:
+        code = _code(payload.get("status_code"))
+        status, message = classify_send_error(code, str(payload.get("status_text") or ""))
+        result = SendResult(status, error_code=str(code), error_message=message, raw=payload)
+        return ProviderError(f"SMS.RU error {code}: {message}", self.scrub(result))
 
     # --- callbacks -----------------------------------------------------------------------
     def signature(self, entries: list[str]) -> str:
@@ -355,7 +337,7 @@ class SmsRuBackend(HTTPBackend):
                     error_message=error_message,
                     delivered_at=(
                         datetime.fromtimestamp(when, UTC)
-                        if when and status == MessageStatus.DELIVERED
+                        if when and status == DeliveryStatus.DELIVERED
                         else None
                     ),
                     raw={"entry": entry},
@@ -382,27 +364,8 @@ class SmsRuBackend(HTTPBackend):
 
     def validate_sender(self, sender: str) -> None:
         """SMS.RU's sender names: up to 11 Latin letters, digits and ``-_. `` (or a number)."""
-        from django.core.exceptions import ValidationError
-
         if sender and not re.fullmatch(r"[A-Za-z0-9 ._\-!]{1,11}|\+?\d{1,15}", sender):
             raise ValidationError(
                 _("SMS.RU sender names have 1-11 Latin letters, digits, spaces, '.', '-', '_'."),
                 code="invalid_sender",
             )
-
-
-class _HTTPRefused(Exception):
-    """A 4xx answer: the request itself is refused (not a passing problem)."""
-
-    def __init__(self, status: int, body: str):
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
-
-
-class SMSRuError(SMSError):
-    """SMS.RU refused a status query (wrong api_id and the like)."""
-
-    def __init__(self, code: int | None, text: str = ""):
-        super().__init__(f"SMS.RU error {code}: {text or classify_send_error(code)[1]}")
-        self.code = code

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from crm_sms.models import MessageStatus
-from crm_sms.sending import send_sms
+from crm_sms.outbox import send_sms
 
 
 class Command(BaseCommand):

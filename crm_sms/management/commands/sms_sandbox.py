@@ -1,4 +1,5 @@
-"""``manage.py sms_sandbox``: run the MegaFon A2P emulator (``crm_sms.sandbox``) until Ctrl-C."""
+"""``manage.py sms_sandbox``: run a provider emulator (``crm_sms.sandbox``, MegaFon unless
+``--provider`` names another; with ``--smpp PORT`` also the SMPP SMSC) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from crm_sms.sandbox import SEND_PATH, SandboxServer
+from crm_sms.sandbox import EMULATORS, SandboxServer
+from crm_sms.sandbox.smpp import add_smpp_arguments, run_smpp_from_options
 
 
 def _share(value: str) -> float:
@@ -19,11 +21,18 @@ def _share(value: str) -> float:
 
 class Command(BaseCommand):
     help = (
-        "Run a local emulator of MegaFon's A2P HTTPS API (Basic auth, 20101/20102/88 answers, "
-        "delivery callbacks) and print the SMS_URL that points at it. Stops on Ctrl-C/SIGTERM."
+        "Run a local emulator of an SMS provider's API (by default MegaFon's A2P HTTPS API: "
+        "Basic auth, 20101/20102/88 answers, delivery callbacks) and print the SMS_URL that "
+        "points at it. Stops on Ctrl-C/SIGTERM."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--provider",
+            choices=sorted(EMULATORS),
+            default="megafon",
+            help="Which provider's API to emulate (default: megafon).",
+        )
         parser.add_argument("--host", default="127.0.0.1", help="Address to listen on.")
         parser.add_argument("--port", type=int, default=8999, help="Port (0: any free one).")
         parser.add_argument("--login", default="test", help="The login it accepts.")
@@ -54,9 +63,43 @@ class Command(BaseCommand):
             "--callback-delay", type=float, default=0.0, help="Seconds before a delivery report."
         )
         parser.add_argument("--no-callbacks", action="store_true", help="Post no delivery reports.")
+        add_smpp_arguments(parser)
 
     def handle(self, *args, **options) -> None:
+        sandbox = self.start_http(options)
+        self.stdout.write(
+            f"{sandbox.provider.title} sandbox listening on {sandbox.base_url} "
+            f"({sandbox.provider.api})\n"
+            f"SMS_URL={sandbox.sms_url(options['sender'])}"
+        )
+        try:
+            smpp = run_smpp_from_options(options, self.stdout)
+        except CommandError:
+            sandbox.stop()
+            raise
+        self.stdout.write("Quit with Ctrl-C.")
+        self.stdout.flush()
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            sandbox.stop()
+            if smpp is not None:
+                smpp.stop()
+        self.stdout.write(
+            f"Sandbox stopped: {len(sandbox.requests)} requests, {len(sandbox.accepted)} "
+            f"messages accepted, {len(sandbox.callbacks_sent)} delivery reports posted."
+        )
+
+    def start_http(self, options: dict) -> SandboxServer:
+        """The HTTP sandbox the options describe, started."""
         sandbox = SandboxServer(
+            provider=options["provider"],
             host=options["host"],
             port=options["port"],
             login=options["login"],
@@ -72,29 +115,9 @@ class Command(BaseCommand):
             callbacks=not options["no_callbacks"],
         )
         try:
-            sandbox.start()
+            return sandbox.start()
         except OSError as exc:
             raise CommandError(
                 f"Cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}. "
                 "Is another sandbox running? Pick another --port."
             ) from exc
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        self.stdout.write(
-            f"MegaFon sandbox listening on {sandbox.base_url} (POST {SEND_PATH})\n"
-            f"SMS_URL={sandbox.sms_url(options['sender'])}\n"
-            "Quit with Ctrl-C."
-        )
-        self.stdout.flush()
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            sandbox.stop()
-        self.stdout.write(
-            f"Sandbox stopped: {len(sandbox.requests)} requests, {len(sandbox.accepted)} "
-            f"messages accepted, {len(sandbox.callbacks_sent)} delivery reports posted."
-        )

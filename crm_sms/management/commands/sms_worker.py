@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from crm_sms.sending import run_worker
+from crm_sms.outbox import run_worker
 
 
 class Command(BaseCommand):

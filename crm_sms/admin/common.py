@@ -1,0 +1,26 @@
+"""What the admin modules share: the send permission, the draft kept in the session, and the
+texts that say why a recipient was left out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from django.utils.translation import gettext_lazy
+
+SEND_SMS_PERMISSION = "crm_sms.send_sms"
+
+# The session key of the draft campaign chosen with "Send to contacts…": the next "Send SMS…"
+# page starts from its text.
+DRAFT_SESSION_KEY = "crm_sms_draft"
+
+# Why a recipient was left out, as the preview and the campaign page say it.
+EXCLUDED_REASONS = {
+    "opted_out": gettext_lazy("opted out"),
+    "invalid": gettext_lazy("invalid phone"),
+    "duplicate": gettext_lazy("duplicate phone"),
+}
+
+
+def excluded_rows(excluded: Mapping[str, int]) -> list[tuple[str, int]]:
+    """``(reason as people read it, count)`` for each reason that left someone out."""
+    return [(str(EXCLUDED_REASONS.get(k, k)), n) for k, n in excluded.items() if n]

@@ -1,0 +1,225 @@
+"""Writing imported rows: contacts matched by phone, groups resolved, a batch at a time.
+
+A known phone updates its contact (the columns present in the file overwrite, absent columns are
+kept, groups are added and never removed); a new phone creates one. Per batch: one query for the
+existing contacts, one for their memberships, one INSERT of the new contacts
+(:class:`crm_sms.bulk.RowInserter`), one prepared UPDATE per set of changed fields
+(:func:`crm_sms.bulk.update_rows`) and one INSERT of the new memberships.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from ..bulk import RowInserter, update_rows
+from ..models import Contact, ContactGroup
+from .cleaning import FULL_NAME, IMPORT_FIELDS, RowError, clean_row
+
+if TYPE_CHECKING:
+    from . import ImportResult
+
+#: How many error rows a result keeps (all are counted).
+MAX_KEPT_ERRORS = 10_000
+
+#: Contact fields compared and written on update (the phone is the key; groups are apart).
+SCALAR_FIELDS = tuple(f for f in IMPORT_FIELDS if f not in ("phone", "groups"))
+_NAME_FIELDS = ("last_name", "first_name", "middle_name")
+
+Row = tuple[int, dict[str, Any]]  # (line, cleaned values)
+
+
+class ContactWriter:
+    """The running state of one import: phones seen, groups known, the result so far.
+
+    ``accept_row`` cleans a row and keeps it or records why not; ``write_batch`` writes kept
+    rows (with ``dry_run`` it only counts what it would write).
+    """
+
+    def __init__(self, result: ImportResult, columns: dict[int, str], group: str, dry_run: bool):
+        self.result = result
+        self.columns = columns
+        self.group = group
+        self.dry_run = dry_run
+        self.seen: dict[str, int] = {}  # phone -> line of its first row
+        self.group_ids: dict[str, int | None] = {}  # name -> id (None: would be created)
+        in_file = set(columns.values())
+        self.fields_in_file = tuple(
+            f for f in SCALAR_FIELDS if f in in_file or (FULL_NAME in in_file and f in _NAME_FIELDS)
+        )
+
+    # --- rows -----------------------------------------------------------------------------
+    def add_error(self, error: RowError) -> None:
+        if len(self.result.errors) < MAX_KEPT_ERRORS:
+            self.result.errors.append(error)
+
+    def accept_row(self, line: int, values: list[Any]) -> Row | None:
+        """The row cleaned, or None when it is bad or repeats an earlier phone (reported)."""
+        self.result.rows += 1
+        data, errors = clean_row(line, values, self.columns)
+        phone = data.get("phone")
+        if phone and not errors and phone in self.seen:
+            errors.append(
+                RowError(
+                    line,
+                    _("The phone %(phone)s repeats line %(first)d; this row is skipped.")
+                    % {"phone": phone, "first": self.seen[phone]},
+                    "phone",
+                    phone,
+                    "duplicate",
+                )
+            )
+            self.result.duplicates += 1
+        if errors:
+            self.result.skipped += 1
+            for error in errors:
+                self.add_error(error)
+            return None
+        self.seen[phone] = line
+        if self.group:
+            groups = data.setdefault("groups", [])
+            if self.group not in groups:
+                groups.append(self.group)
+        return line, data
+
+    # --- a batch --------------------------------------------------------------------------
+    def write_batch(self, batch: list[Row]) -> None:
+        """Create, update and add to groups the contacts of ``batch`` (rows of one import)."""
+        if not batch:
+            return
+        now = timezone.now()
+        existing = self.existing_contacts([data["phone"] for _line, data in batch])
+        group_names = {g for _line, data in batch for g in data.get("groups", ())}
+        self.resolve_groups(group_names)
+        memberships = self.memberships(existing) if group_names and existing else set()
+        new_rows: list[dict[str, Any]] = []
+        updates: dict[int, dict[str, Any]] = {}
+        for _line, data in batch:
+            contact = existing.get(data["phone"])
+            if contact is None:
+                new_rows.append(data)
+                self.result.created += 1
+                continue
+            changes = self.changes(contact, data, now)
+            if changes:
+                updates[contact["id"]] = changes
+            if changes or self.new_groups(contact["id"], data, memberships):
+                self.result.updated += 1
+            else:
+                self.result.unchanged += 1
+        if self.dry_run:
+            return
+        self.insert_contacts(new_rows, now)
+        update_rows(Contact, updates)
+        wanted = [(data["phone"], data["groups"]) for _line, data in batch if data.get("groups")]
+        if wanted:
+            ids = {phone: contact["id"] for phone, contact in existing.items()}
+            if new_rows:
+                new_phones = [data["phone"] for data in new_rows]
+                ids.update(Contact.objects.filter(phone__in=new_phones).values_list("phone", "id"))
+            self.add_memberships(wanted, ids, memberships)
+
+    def existing_contacts(self, phones: list[str]) -> dict[str, dict[str, Any]]:
+        """The known contacts among ``phones``: phone -> their id, phone and the file's fields."""
+        rows = Contact.objects.filter(phone__in=phones).values("id", "phone", *self.fields_in_file)
+        return {row["phone"]: row for row in rows}
+
+    def memberships(self, existing: dict[str, dict[str, Any]]) -> set[tuple[int, int]]:
+        """(contact id, group id) pairs the ``existing`` contacts already have."""
+        through = Contact.groups.through
+        ids = [contact["id"] for contact in existing.values()]
+        return set(
+            through.objects.filter(contact_id__in=ids).values_list("contact_id", "contactgroup_id")
+        )
+
+    def resolve_groups(self, names: set[str]) -> None:
+        """Learn the ids of the groups ``names``, creating the missing ones (not in a dry run)."""
+        missing = [n for n in names if n not in self.group_ids]
+        if not missing:
+            return
+        found = dict(ContactGroup.objects.filter(name__in=missing).values_list("name", "id"))
+        new = [n for n in missing if n not in found]
+        if new:
+            self.result.groups_created.extend(sorted(new))
+            if not self.dry_run:
+                ContactGroup.objects.bulk_create(
+                    [ContactGroup(name=n) for n in new], ignore_conflicts=True
+                )
+                found.update(ContactGroup.objects.filter(name__in=new).values_list("name", "id"))
+        for name in missing:
+            self.group_ids[name] = found.get(name)
+
+    def changes(
+        self, contact: dict[str, Any], data: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        """The fields of ``contact`` the row changes, with ``updated_at`` (and ``opted_out_at``
+        when ``opted_out`` flips); empty when the row changes nothing."""
+        changed = {
+            name: data[name]
+            for name in self.fields_in_file
+            if name in data and contact[name] != data[name]
+        }
+        if not changed:
+            return changed
+        if "opted_out" in changed:
+            changed["opted_out_at"] = now if changed["opted_out"] else None
+        changed["updated_at"] = now
+        return changed
+
+    def new_groups(self, contact_id: int, data: dict[str, Any], memberships: set) -> list[str]:
+        """The row's groups the contact is not in yet (a group still to be created counts)."""
+        ids = self.group_ids
+        return [
+            g
+            for g in data.get("groups", ())
+            if ids.get(g) is None or (contact_id, ids[g]) not in memberships
+        ]
+
+    def insert_contacts(self, rows: list[dict[str, Any]], now: datetime) -> None:
+        """INSERT new contacts: the file's fields per row, the model's defaults for the rest."""
+        if not rows:
+            return
+        fields = self.fields_in_file
+        with_opt_out = "opted_out" in fields
+        varying = ["phone", *fields, *(["opted_out_at"] if with_opt_out else [])]
+        meta = Contact._meta
+        constants: dict[str, Any] = {
+            f.name: f.get_default()
+            for f in meta.concrete_fields
+            if not f.primary_key and f.name not in varying
+        }
+        constants.update(created_at=now, updated_at=now)
+        inserter = RowInserter(Contact, constants, varying)
+        defaults = {name: meta.get_field(name).get_default() for name in fields}
+        prepared_now = inserter.prepare("opted_out_at", now)  # once, not per row
+
+        def values(data: dict[str, Any]) -> tuple:
+            row = (data["phone"], *[data.get(name, defaults[name]) for name in fields])
+            if with_opt_out:
+                row += (prepared_now if data.get("opted_out") else None,)
+            return row
+
+        inserter.insert(values(data) for data in rows)
+
+    def add_memberships(
+        self,
+        wanted: list[tuple[str, list[str]]],
+        ids: dict[str, int],
+        memberships: set[tuple[int, int]],
+    ) -> None:
+        """Add each phone's contact to its ``wanted`` groups it is not in yet."""
+        through = Contact.groups.through
+        pairs = [(ids[phone], self.group_ids[name]) for phone, names in wanted for name in names]
+        # ignore_conflicts: someone may add the same membership in the admin meanwhile.
+        through.objects.bulk_create(
+            [
+                through(contact_id=contact, contactgroup_id=group)
+                for contact, group in pairs
+                if (contact, group) not in memberships
+            ],
+            batch_size=1000,
+            ignore_conflicts=True,
+        )

@@ -1,0 +1,239 @@
+"""Writing send results: each finished job becomes a status move of its message (sent, failed,
+or queued again with a backoff), written in bulk with its event, in one transaction per batch.
+
+A result is written only where the row is still ours (``sending`` with our claim time): a
+delivery report that came first, a cancel or a take-back keeps its status (an accepted send
+still fills in the provider's id and ``sent_at``). Campaigns whose provider refuses everything
+are paused; campaigns with nothing left to send are completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .. import conf
+from ..backends.base import SendStatus
+from ..events import jsonable
+from ..models import CampaignStatus, EventSource, Message, MessageStatus
+from ..transitions import Actor, MessageMove, move_campaigns, move_messages
+from .controls import complete_finished_campaigns
+from .pool import Job, ProviderGate
+
+if TYPE_CHECKING:
+    from .worker import DispatchSummary
+
+logger = logging.getLogger("crm_sms.outbox")
+
+QUEUED, SENDING, SENT, FAILED = (
+    MessageStatus.QUEUED,
+    MessageStatus.SENDING,
+    MessageStatus.SENT,
+    MessageStatus.FAILED,
+)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before attempt ``attempts + 1``: RETRY_BACKOFF doubling per attempt, capped at
+    RETRY_BACKOFF_MAX, with ±20% jitter so many retries do not arrive together."""
+    base = float(conf.get_setting("RETRY_BACKOFF"))
+    cap = float(conf.get_setting("RETRY_BACKOFF_MAX"))
+    delay = min(base * 2 ** max(attempts - 1, 0), cap)
+    return min(delay * random.uniform(0.8, 1.2), cap)
+
+
+@dataclass
+class Outcome:
+    """What a result does to a message we still own: its new status, the fields to write,
+    and the event's description."""
+
+    status: str
+    values: dict[str, Any]
+    description: str
+
+
+def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
+    """The outcome of ``job``'s result (or of its being given back unsent)."""
+    result = job.result
+    if result is None:
+        return _given_back(job, now)
+    values: dict[str, Any] = {
+        "last_response": jsonable(result.raw),
+        "error_code": str(result.error_code or "")[:50],
+        "error_message": result.error_message or "",
+    }
+    attempts = job.attempts + 1
+    if result.status is SendStatus.ACCEPTED:
+        values.update(
+            attempts=attempts,
+            sent_at=now,
+            provider_message_id=str(result.provider_message_id or "")[:100],
+            error_code="",
+            error_message="",
+        )
+        earlier = _("Accepted earlier (duplicate msg_id)")
+        return Outcome(SENT, values, earlier if result.error_code else _("Accepted"))
+    if result.status is SendStatus.REJECTED:
+        values["attempts"] = attempts
+        return Outcome(FAILED, values, _("Rejected"))
+    if result.status is SendStatus.PROVIDER_ERROR and job.message.campaign_id:
+        # Not the message's fault: no attempt is used; the campaign pauses once the gate trips.
+        if job.tripped:
+            values["next_attempt_at"] = now
+            return Outcome(QUEUED, values, _("Provider error; the campaign is paused"))
+        values["next_attempt_at"] = now + timedelta(seconds=retry_delay(1))
+        return Outcome(QUEUED, values, _("Provider error; will retry"))
+    # RETRY, or a provider error of a single message: back off, until the attempts run out.
+    values["attempts"] = attempts
+    if attempts >= max_attempts:
+        return Outcome(FAILED, values, _("Retries exhausted"))
+    values["next_attempt_at"] = now + timedelta(seconds=retry_delay(attempts))
+    return Outcome(QUEUED, values, _("Will retry"))
+
+
+def _given_back(job: Job, now: datetime) -> Outcome:
+    """Not sent: the claim goes back without using an attempt."""
+    delay = 0.0
+    if job.given_back == "provider_error" and not job.message.campaign_id:
+        delay = retry_delay(job.attempts + 1)
+    if job.given_back == "stopping":
+        description = _("Not sent: the worker stopped")
+    else:
+        description = _("Not sent: the provider refuses all messages")
+    return Outcome(QUEUED, {"next_attempt_at": now + timedelta(seconds=delay)}, description)
+
+
+@dataclass
+class _Batch:
+    """What writing one batch of results collects before it writes."""
+
+    now: datetime
+    max_attempts: int
+    moves: list[MessageMove] = field(default_factory=list)
+    pause: dict[int, str] = field(default_factory=dict)  # campaign id -> reason
+    touched_campaigns: set[int] = field(default_factory=set)
+    recorded: set[str] = field(default_factory=set)  # providers whose trip is written here
+
+
+def write_results(
+    jobs: list[Job], summary: DispatchSummary, gates: dict[str, ProviderGate]
+) -> None:
+    """Write the results of ``jobs`` back in bulk, with their events; count them on
+    ``summary``; pause and complete campaigns accordingly."""
+    if not jobs:
+        return
+    batch = _Batch(timezone.now(), int(conf.get_setting("MAX_ATTEMPTS")))
+    with transaction.atomic():
+        current = _lock_rows(jobs)
+        for job in jobs:
+            _take(job, current.get(job.message.pk, (None, None)), batch, summary)
+        move_messages(batch.moves, now=batch.now)
+        _pause_campaigns(batch.pause, summary)
+        summary.completed_campaigns += complete_finished_campaigns(
+            batch.touched_campaigns - set(batch.pause), batch.now
+        )
+    for alias in batch.recorded:
+        if alias in gates:
+            gates[alias].trip_recorded = True
+
+
+def _lock_rows(jobs: list[Job]) -> dict[int, tuple[str, datetime | None]]:
+    """The jobs' rows as they are now (status, claimed_at), locked until the batch is written."""
+    return {
+        pk: (status, claimed_at)
+        for pk, status, claimed_at in Message.objects.select_for_update()
+        .filter(pk__in=[job.message.pk for job in jobs])
+        .order_by("pk")
+        .values_list("pk", "status", "claimed_at")
+    }
+
+
+def _take(
+    job: Job, current: tuple[str | None, Any], batch: _Batch, summary: DispatchSummary
+) -> None:
+    """Add ``job``'s move to ``batch`` (or, for a row that moved on, just the provider's id)."""
+    message, result = job.message, job.result
+    status, claimed_at = current
+    if job.tripped:
+        batch.recorded.add(message.provider)
+    if message.campaign_id:
+        # Checked even when the row moved on: a delivery report may have finished the
+        # campaign's last message before this result was written.
+        batch.touched_campaigns.add(message.campaign_id)
+    accepted = result is not None and result.status is SendStatus.ACCEPTED
+    ours = status == SENDING and claimed_at == job.claimed_at
+    if not ours and not (accepted and status == QUEUED):
+        if accepted and status is not None:
+            _fill_in_accepted(message.pk, result.provider_message_id, batch.now)
+            summary.sent += 1
+        return
+    found = outcome(job, batch.now, batch.max_attempts)
+    found.values["claimed_at"] = None
+    _count(summary, found.status, result is None)
+    if result is not None and result.status is SendStatus.PROVIDER_ERROR:
+        logger.warning(
+            "Provider %s refused msg_id %s: %s %s",
+            message.provider,
+            message.msg_id,
+            result.error_code,
+            result.error_message,
+        )
+    if (
+        message.campaign_id
+        and job.tripped
+        and (result is None or result.status is SendStatus.PROVIDER_ERROR)
+    ):
+        batch.pause[message.campaign_id] = job.trip_reason
+    attempts = found.values.get("attempts", message.attempts)
+    batch.moves.append(
+        MessageMove(
+            message,
+            found.status,
+            EventSource.RETRY if attempts > 1 else EventSource.SEND,
+            found.values,
+            description=found.description,
+            error_code=found.values.get("error_code", ""),
+            payload=found.values.get("last_response"),
+            old=status,
+        )
+    )
+
+
+def _fill_in_accepted(pk: int, provider_message_id: Any, now: datetime) -> None:
+    """A row that moved on meanwhile (a delivery report, a cancel, a take-back) keeps its
+    status; an accepted send still tells us the provider's id and when it was sent."""
+    Message.objects.filter(pk=pk, provider_message_id="").update(
+        provider_message_id=str(provider_message_id or "")[:100]
+    )
+    Message.objects.filter(pk=pk, sent_at__isnull=True).update(sent_at=now)
+
+
+def _count(summary: DispatchSummary, status: str, given_back: bool) -> None:
+    if status == SENT:
+        summary.sent += 1
+    elif status == FAILED:
+        summary.failed += 1
+    elif given_back:
+        summary.given_back += 1
+    else:
+        summary.retried += 1
+
+
+def _pause_campaigns(pause: dict[int, str], summary: DispatchSummary) -> None:
+    """Pause the running campaigns whose provider refuses all messages."""
+    for campaign_id, reason in pause.items():
+        if move_campaigns(
+            [campaign_id],
+            CampaignStatus.PAUSED,
+            actor=Actor.WORKER,
+            pause_reason=reason or _("The provider refuses all messages."),
+        ):
+            summary.paused_campaigns.append(campaign_id)
+            logger.error("Campaign %s paused: %s", campaign_id, reason)
