@@ -49,6 +49,8 @@ BUILTIN_SCHEMES: dict[str, str] = {
     "mts": "crm_sms.backends.mts.MtsBackend",
     "smsuslugi": "crm_sms.backends.smsuslugi.SmsUslugiBackend",
     "twilio": "crm_sms.backends.twilio.TwilioBackend",
+    "smpp": "crm_sms.backends.smpp.SMPPBackend",
+    "smpps": "crm_sms.backends.smpp.SMPPSBackend",
     "console": "crm_sms.backends.console.ConsoleBackend",
     "locmem": "crm_sms.backends.locmem.LocmemBackend",
     "dummy": "crm_sms.backends.dummy.DummyBackend",

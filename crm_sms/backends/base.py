@@ -225,6 +225,15 @@ class BaseBackend:
     def callback_response(self, reports: list[DeliveryReport]) -> HttpResponse:
         return HttpResponse("OK", content_type="text/plain")
 
+    #: Whether delivery reports arrive on the backend's own connection (SMPP's deliver_sm):
+    #: the worker then calls ``apply_received_reports`` between batches and while idle.
+    receives_reports: ClassVar[bool] = False
+
+    def apply_received_reports(self) -> dict[str, int]:
+        """Apply the reports that arrived on the connection (``receives_reports`` backends);
+        the counts of ``crm_sms.reports.apply_delivery_reports``."""
+        raise NotImplementedError(f"{type(self).__name__} receives no reports on its connection")
+
     #: Set to a method ``query_status(messages) -> list[DeliveryReport]`` for pollable providers.
     query_status = None
 

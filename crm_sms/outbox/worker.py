@@ -18,13 +18,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TextIO
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, close_old_connections, connection
 
 from .. import conf
-from ..backends import get_backend
+from ..backends import get_backend, load_backend_class
 from ..backends.base import OutgoingSMS
 from ..models import Message
 from . import results
@@ -208,8 +209,10 @@ class Outbox:
                 run.finished.extend(group)
 
     def _idle(self, seconds: float) -> None:
-        """Nothing is due: release the database connection and sleep (a stop wakes it)."""
+        """Nothing is due: apply reports that arrived on a connection, release the database
+        connection and sleep (a stop wakes it)."""
         self._busy_since = None
+        self._apply_connection_reports()
         close_old_connections()
         self.stop.wait(seconds)
 
@@ -238,6 +241,20 @@ class Outbox:
         with self._surviving_database_errors("housekeeping"):
             release_stale_claims()
             start_due_campaigns()
+        self._apply_connection_reports()
+
+    def _apply_connection_reports(self) -> None:
+        """Apply the delivery reports that arrived on providers' own connections (SMPP
+        receipts): from the main thread, the one that does database work."""
+        for alias in self.connection_report_providers:
+            with self._surviving_database_errors(f"applying {alias}'s reports"):
+                get_backend(alias).apply_received_reports()
+
+    @cached_property
+    def connection_report_providers(self) -> list[str]:
+        """The providers (of this worker) whose reports arrive on their connection."""
+        aliases = [self.provider] if self.provider else conf.provider_aliases()
+        return [alias for alias in aliases if _receives_reports(alias)]
 
     def _flush(self, run: _Run) -> None:
         """Write the finished jobs' results; on a survived database error keep them for the
@@ -253,6 +270,7 @@ class Outbox:
         run.total.add(batch)
         run.total.seconds = time.monotonic() - run.started
         self._report(batch, run.total)
+        self._apply_connection_reports()
 
     def _report(self, batch: DispatchSummary, total: DispatchSummary) -> None:
         """The progress line of a written batch, with the rate of the current busy spell (an
@@ -343,6 +361,14 @@ class Outbox:
 _process_outbox_instance: Outbox | None = None
 _process_outbox_pid: int | None = None
 _process_outbox_lock = threading.Lock()
+
+
+def _receives_reports(alias: str) -> bool:
+    try:
+        backend_class = load_backend_class(conf.provider_config(alias).get("BACKEND", ""))
+    except ImproperlyConfigured:
+        return False  # the send's ValidationError says what is wrong
+    return backend_class.receives_reports
 
 
 def process_outbox() -> Outbox:

@@ -24,6 +24,7 @@ from ..base import (
     ConfigurationError,
     DeliveryReport,
     OutgoingSMS,
+    RetrySafety,
     SendResult,
     SendStatus,
 )
@@ -82,7 +83,11 @@ class SMPPBackend(BaseBackend):
 
     display_name = "SMPP"
     supports_callbacks = False  # receipts come back on the connection itself
+    receives_reports = True
     default_tls = False
+    # No de-duplication key, and query_sm needs the SMSC's id, which a lost answer never gave:
+    # an ambiguous failure cannot be made safe to resend (it is "uncertain").
+    retry_safety = RetrySafety.NONE
     declared_options = (
         Option("host", str, "", "the SMSC's host name or address (the URL's host)"),
         Option("port", int, None, "the SMSC's port (2775; 3550 with TLS)", minimum=1),
@@ -365,12 +370,17 @@ class SMPPBackend(BaseBackend):
         before its answer: the SMSC may have accepted it. SMPP has no de-duplication key, so
         sending it again may deliver it twice.
 
-        TODO(issue 12, point 4): return the contract's "uncertain" outcome once it exists; until
-        then RETRY with error_code "ambiguous" and raw["ambiguous"] = True."""
+        ``SendResult.ambiguous`` is set (with ``retry_safety`` NONE the outbox is to hold such a
+        message as "uncertain"); until the outbox does, the status is RETRY with error_code
+        "ambiguous" and raw["ambiguous"] = True (issue 12, point 4)."""
         reasons = sorted({p.error for p in pendings if p.ambiguous})
         raw.update(ambiguous=True, reason=", ".join(reasons))
         return SendResult(
-            S.RETRY, error_code="ambiguous", error_message=codes.text("ambiguous"), raw=raw
+            S.RETRY,
+            error_code="ambiguous",
+            error_message=codes.text("ambiguous"),
+            raw=raw,
+            ambiguous=True,
         )
 
     def failure_result(self, failure: Failure) -> SendResult:
@@ -401,12 +411,20 @@ class SMPPBackend(BaseBackend):
         Runs in the session thread."""
         return receipt_report(pdu, self.receipt_timezone, self.alias)
 
+    def apply_received_reports(self) -> dict[str, int]:
+        """Apply the receipts received so far; each is acknowledged after it is written."""
+        from .receipts import apply_smpp_receipts
+
+        return apply_smpp_receipts(self)
+
     def collect_reports(self) -> list[DeliveryReport]:
         """The receipts received since the last call, acknowledged to the SMSC now (call it
         every few seconds: the SMSC waits for the acknowledgements). Starts the connection, so
         a worker that only collects still binds and receives what the SMSC kept for it."""
-        items = self.session.take_receipts()
-        self.session.acknowledge([token for _report, token in items])
+        session = self.session
+        session.start()
+        items = session.take_receipts()
+        session.acknowledge([token for _report, token in items])
         return [report for report, _token in items]
 
     # --- configuration -------------------------------------------------------------------

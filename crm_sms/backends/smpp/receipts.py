@@ -97,6 +97,7 @@ def apply_smpp_receipts(backend: SMPPBackend) -> dict[str, int]:
     from ...reports import apply_delivery_reports
 
     session = backend.session
+    session.start()  # a worker that has sent nothing yet still binds and receives receipts
     items = session.take_receipts()
     try:
         counts = apply_delivery_reports(
