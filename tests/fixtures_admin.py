@@ -80,16 +80,11 @@ def viewer_user(db) -> User:
 
 @pytest.fixture
 def contact_factory(db):
-    from crm_sms.models import Contact
+    """``contact_factory(n, start=0, **fields)``: a list of n new contacts (make_contacts)."""
+    from tests.fixtures_outbox import make_contacts
 
-    def make(n: int, start: int = 0, **fields) -> list[Contact]:
-        Contact.objects.bulk_create(
-            [
-                Contact(first_name=f"Name{i}", last_name=f"Last{i}", phone=phone(i), **fields)
-                for i in range(start, start + n)
-            ]
-        )
-        return list(Contact.objects.filter(phone__in=[phone(i) for i in range(start, start + n)]))
+    def make(n: int, start: int = 0, **fields) -> list:
+        return list(make_contacts(n, start=start, **fields))
 
     return make
 

@@ -93,22 +93,10 @@ def sandbox_provider_config(sandbox, **options) -> dict:
     return config
 
 
-@pytest.fixture
-def sandbox_provider(megafon_sandbox, outbox_settings):
-    """The default provider is the MegaFon sandbox, with a 0.5 s read timeout; returns it."""
-    crm_sms = dict(outbox_settings.CRM_SMS)
-    crm_sms["PROVIDERS"] = {
-        "default": sandbox_provider_config(megafon_sandbox, read_timeout=0.5, connect_timeout=2)
-    }
-    crm_sms["DEFAULT_PROVIDER"] = "default"
-    outbox_settings.CRM_SMS = crm_sms
-    megafon_sandbox.configure(timeout_s=1.0)
-    return megafon_sandbox
-
-
 def make_contacts(count: int, *, start: int = 0, **fields):
     """``count`` contacts with distinct valid Russian mobile numbers (+7900NNNNNNN, first_name
-    "NameN"), inserted in bulk (``crm_sms.bulk``: the ORM is too slow for 100,000 rows)."""
+    "NameN", last_name "LastN"), inserted in bulk (``crm_sms.bulk``: the ORM is too slow for
+    100,000 rows). The one contact factory of the tests (``contact_factory`` wraps it)."""
     from django.utils import timezone
 
     from crm_sms.bulk import RowInserter
@@ -116,7 +104,6 @@ def make_contacts(count: int, *, start: int = 0, **fields):
 
     now = timezone.now()
     constants = {
-        "last_name": "",
         "middle_name": "",
         "email": "",
         "opted_out": False,
@@ -127,8 +114,15 @@ def make_contacts(count: int, *, start: int = 0, **fields):
         "updated_at": now,
         **fields,
     }
-    inserter = RowInserter(Contact, constants, ["phone", "first_name"])
-    inserter.insert((f"+7900{start + i:07d}", f"Name{start + i}") for i in range(count))
+    varying = [name for name in ("phone", "first_name", "last_name") if name not in constants]
+    values = {
+        "phone": lambda i: f"+7900{i:07d}",
+        "first_name": lambda i: f"Name{i}",
+        "last_name": lambda i: f"Last{i}",
+    }
+    inserter = RowInserter(Contact, constants, varying)
+    numbers = range(start, start + count)
+    inserter.insert(tuple(values[name](i) for name in varying) for i in numbers)
     first, last = f"+7900{start:07d}", f"+7900{start + count - 1:07d}"
     return Contact.objects.filter(phone__gte=first, phone__lte=last).order_by("pk")
 
@@ -210,12 +204,3 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
-
-
-@pytest.fixture
-def english():
-    """User-facing texts in English (the demo's LANGUAGE_CODE is ru)."""
-    from django.utils import translation
-
-    with translation.override("en"):
-        yield

@@ -2,7 +2,8 @@
 
 - ``megafon_sandbox``: a started ``SandboxServer`` (login/password "test"), stopped afterwards.
 - ``megafon_provider``: the same sandbox configured as CRM_SMS PROVIDERS["default"] through
-  ``parse_sms_url(sandbox.sms_url())`` (as an SMS_URL would be); returns the sandbox.
+  ``parse_sms_url(sandbox.sms_url())`` (as an SMS_URL would be), with a short read timeout and
+  fast retries; returns the sandbox.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def megafon_sandbox():
 
 
 @pytest.fixture
-def megafon_provider(megafon_sandbox, settings):
-    """Point the default provider at ``megafon_sandbox``; returns the sandbox."""
-    from crm_sms.conf import parse_sms_url
+def megafon_provider(megafon_sandbox, outbox_settings):
+    """The default provider is ``megafon_sandbox`` (configured from its SMS_URL, as the
+    environment would), with a 0.5 s read timeout and the outbox's fast test retries;
+    returns the sandbox."""
+    from tests.fixtures_outbox import sandbox_provider_config
 
-    config = parse_sms_url(megafon_sandbox.sms_url())
-    crm_sms = dict(getattr(settings, "CRM_SMS", {}))
-    crm_sms["PROVIDERS"] = {**crm_sms.get("PROVIDERS", {}), "default": config}
+    crm_sms = dict(outbox_settings.CRM_SMS)
+    crm_sms["PROVIDERS"] = {
+        "default": sandbox_provider_config(megafon_sandbox, read_timeout=0.5, connect_timeout=2)
+    }
     crm_sms["DEFAULT_PROVIDER"] = "default"
-    settings.CRM_SMS = crm_sms
+    outbox_settings.CRM_SMS = crm_sms
+    megafon_sandbox.configure(timeout_s=1.0)
     return megafon_sandbox

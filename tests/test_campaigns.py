@@ -21,7 +21,7 @@ from crm_sms.models import (
 )
 from tests.fixtures_outbox import make_contacts, sandbox_provider_config
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_a_bad_template_is_refused_before_anything_is_stored(mixed_contacts, tex
     assert Campaign.objects.count() == 0 and Message.objects.count() == 0
 
 
-def test_a_bad_sender_or_provider_is_refused(sandbox_provider):
+def test_a_bad_sender_or_provider_is_refused(megafon_provider):
     make_contacts(2)
     with pytest.raises(ValidationError):
         outbox.send_campaign(Contact.objects.all(), "Hi", sender="Johnny_Viper")
@@ -136,7 +136,7 @@ def test_duplicate_phones_of_another_model_are_sent_once(locmem_provider):
     ]
 
 
-def test_a_rendered_text_the_provider_refuses_is_left_out(sandbox_provider):
+def test_a_rendered_text_the_provider_refuses_is_left_out(megafon_provider):
     make_contacts(1)
     Contact.objects.create(phone="+79001234299", first_name="x" * 100)
     # 1003 characters for the long name: over MegaFon's 1000.
@@ -240,30 +240,30 @@ def test_cancel_cancels_unsent_messages(locmem_provider):
     assert campaign.messages.first().events.filter(new_status="cancelled").exists()
 
 
-def test_retry_failed_queues_failed_messages_again(sandbox_provider):
+def test_retry_failed_queues_failed_messages_again(megafon_provider):
     make_contacts(3)
-    sandbox_provider.configure(codes={"79000000001": 1288})
+    megafon_provider.configure(codes={"79000000001": 1288})
     campaign = outbox.send_campaign(Contact.objects.all(), "Hi")
     outbox.dispatch_due()
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
     failed = campaign.messages.get(status=MessageStatus.FAILED)
-    sandbox_provider.configure(codes={})
+    megafon_provider.configure(codes={})
     assert outbox.retry_failed(campaign) == 1
     assert campaign.status == CampaignStatus.RUNNING
     outbox.dispatch_due()
     failed.refresh_from_db()
     assert failed.status == MessageStatus.SENT
-    assert failed.msg_id in sandbox_provider.accepted
+    assert failed.msg_id in megafon_provider.accepted
 
 
-def test_resend_message(sandbox_provider):
-    sandbox_provider.configure(codes={"79001234212": 1288})
+def test_resend_message(megafon_provider):
+    megafon_provider.configure(codes={"79001234212": 1288})
     failed = outbox.send_sms("+79001234212", "Hi", now=True)
     assert failed.status == MessageStatus.FAILED
-    sandbox_provider.configure(codes={})
+    megafon_provider.configure(codes={})
     fresh = outbox.resend_message(failed)
-    assert fresh.pk != failed.pk and fresh.msg_id != failed.msg_id  # never accepted: new id
+    assert fresh.pk == failed.pk and fresh.msg_id == failed.msg_id  # its own row (test_resend)
     sent = outbox.send_now(fresh)
     assert sent.status == MessageStatus.SENT
     again = outbox.resend_message(sent)
@@ -271,17 +271,17 @@ def test_resend_message(sandbox_provider):
     outbox.dispatch_due()
     again.refresh_from_db()
     assert again.status == MessageStatus.SENT
-    assert len([m for m in sandbox_provider.accepted if m == sent.msg_id]) == 1
-    assert sandbox_provider.attempts[sent.msg_id] == 2
+    assert len([m for m in megafon_provider.accepted if m == sent.msg_id]) == 1
+    assert megafon_provider.attempts[sent.msg_id] == 3  # refused, accepted, a dropped repeat
 
 
-def test_the_provider_error_pauses_after_at_most_three_requests(sandbox_provider, settings):
+def test_the_provider_error_pauses_after_at_most_three_requests(megafon_provider, settings):
     """A wrong password pauses the campaign with a readable reason after at most PAUSE_AFTER
     requests; the messages stay queued with no attempt used; resuming continues."""
     make_contacts(40)
     crm = dict(settings.CRM_SMS)
     crm["PROVIDERS"] = {
-        "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
+        "default": sandbox_provider_config(megafon_provider, password="wrong", read_timeout=0.5)
     }
     settings.CRM_SMS = crm
     campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
@@ -291,15 +291,15 @@ def test_the_provider_error_pauses_after_at_most_three_requests(sandbox_provider
     assert campaign.pause_reason
     assert "wrong" not in campaign.pause_reason
     assert summary["paused_campaigns"] == [campaign.pk]
-    assert len(sandbox_provider.requests) <= 3
+    assert len(megafon_provider.requests) <= 3
     assert campaign.messages.filter(status=MessageStatus.QUEUED).count() == 40
     assert set(campaign.messages.values_list("attempts", flat=True)) == {0}
     # Fixed: resume and everything goes out, once each.
-    crm["PROVIDERS"] = {"default": sandbox_provider_config(sandbox_provider, read_timeout=0.5)}
+    crm["PROVIDERS"] = {"default": sandbox_provider_config(megafon_provider, read_timeout=0.5)}
     settings.CRM_SMS = crm
     assert outbox.resume_campaign(campaign)
     outbox.dispatch_due(concurrency=16)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
-    assert len(sandbox_provider.accepted) == 40
-    assert max(sandbox_provider.attempts.values()) <= 2
+    assert len(megafon_provider.accepted) == 40
+    assert max(megafon_provider.attempts.values()) <= 2

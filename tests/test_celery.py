@@ -82,7 +82,7 @@ def test_poll_statuses_task_is_lazy_about_the_polling_module(monkeypatch, caplog
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_a_celery_worker_with_beat_sends_a_campaign(sandbox_provider, redis_url):
+def test_a_celery_worker_with_beat_sends_a_campaign(megafon_provider, redis_url):
     """``celery -A config worker -B`` on this machine's Redis, sharing the test database:
     beat's dispatch task sends the whole campaign to the sandbox."""
     import redis
@@ -91,7 +91,7 @@ def test_a_celery_worker_with_beat_sends_a_campaign(sandbox_provider, redis_url)
     make_contacts(60)
     campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     schedule = os.path.join(tempfile.mkdtemp(prefix="crm-sms-beat-"), "schedule")
-    env = subprocess_env(sandbox_provider, CELERY_BROKER_URL=BROKER_URL, SMS_DISPATCH_EVERY="0.5")
+    env = subprocess_env(megafon_provider, CELERY_BROKER_URL=BROKER_URL, SMS_DISPATCH_EVERY="0.5")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -128,8 +128,8 @@ def test_a_celery_worker_with_beat_sends_a_campaign(sandbox_provider, redis_url)
             proc.kill()
             out, _ = proc.communicate()
     assert done, out[-3000:]
-    assert len(sandbox_provider.accepted) == 60
-    assert set(sandbox_provider.attempts.values()) == {1}
+    assert len(megafon_provider.accepted) == 60
+    assert set(megafon_provider.attempts.values()) == {1}
     assert "crm_sms.tasks.dispatch_due" in out
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED

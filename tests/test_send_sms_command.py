@@ -12,18 +12,18 @@ from django.core.management import CommandError, call_command
 from crm_sms.models import Message, MessageStatus
 from tests.fixtures_outbox import ROOT, subprocess_env
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
+pytestmark = pytest.mark.django_db
 
 
-def test_sends_now_and_prints_msg_id_and_status(sandbox_provider):
+def test_sends_now_and_prints_msg_id_and_status(megafon_provider):
     out = io.StringIO()
     call_command("send_sms", "8 (900) 123-42-12", "Код: 1234", stdout=out)
     message = Message.objects.get()
     assert message.status == MessageStatus.SENT
     assert f"msg_id={message.msg_id}" in out.getvalue()
     assert "status=sent" in out.getvalue()
-    assert sandbox_provider.accepted[message.msg_id]["message"] == "Код: 1234"
-    assert sandbox_provider.accepted[message.msg_id]["from"] == "Test"
+    assert megafon_provider.accepted[message.msg_id]["message"] == "Код: 1234"
+    assert megafon_provider.accepted[message.msg_id]["from"] == "Test"
 
 
 def test_sender_and_provider_options(locmem_provider):
@@ -44,18 +44,18 @@ def test_sender_and_provider_options(locmem_provider):
     ],
 )
 def test_invalid_input_is_a_clear_error_and_nothing_is_stored_or_sent(
-    sandbox_provider, args, fragment
+    megafon_provider, args, fragment
 ):
     with pytest.raises(CommandError) as info:
         call_command("send_sms", *args, stdout=io.StringIO())
     assert fragment in str(info.value).lower()
     assert "Traceback" not in str(info.value)
     assert Message.objects.count() == 0
-    assert sandbox_provider.requests == []
+    assert megafon_provider.requests == []
 
 
-def test_a_rejected_message_prints_the_error_and_fails(sandbox_provider):
-    sandbox_provider.configure(codes={"79001234212": 1282})
+def test_a_rejected_message_prints_the_error_and_fails(megafon_provider):
+    megafon_provider.configure(codes={"79001234212": 1282})
     with pytest.raises(CommandError) as info:
         call_command("send_sms", "+79001234212", "Hi", stdout=io.StringIO())
     assert "status=failed" in str(info.value)
@@ -64,11 +64,11 @@ def test_a_rejected_message_prints_the_error_and_fails(sandbox_provider):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_command_exits_non_zero_on_bad_input(sandbox_provider):
+def test_the_command_exits_non_zero_on_bad_input(megafon_provider):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "send_sms", "not a phone", "Hi"],
         cwd=ROOT,
-        env=subprocess_env(sandbox_provider, LANGUAGE_CODE="en"),
+        env=subprocess_env(megafon_provider, LANGUAGE_CODE="en"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,4 +77,4 @@ def test_the_command_exits_non_zero_on_bad_input(sandbox_provider):
     assert "CommandError" in proc.stderr or "phone" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
     assert Message.objects.count() == 0
-    assert sandbox_provider.requests == []
+    assert megafon_provider.requests == []

@@ -12,7 +12,7 @@ from crm_sms.models import Contact, EventSource, Message, MessageEvent, MessageS
 from crm_sms.outbox import results
 from tests.fixtures_outbox import sandbox_provider_config
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
+pytestmark = pytest.mark.django_db
 
 #: RETRY_BACKOFF of the ``outbox_settings`` fixture, seconds.
 RETRY_BACKOFF = 0.01
@@ -44,12 +44,12 @@ def test_send_sms_rejects_bad_input_before_storing(locmem_provider, to, text, kw
     assert locmem_provider == []
 
 
-def test_send_sms_rejects_a_bad_sender_of_the_provider(sandbox_provider):
+def test_send_sms_rejects_a_bad_sender_of_the_provider(megafon_provider):
     with pytest.raises(ValidationError) as info:
         outbox.send_sms("+79001234212", "Hi", sender="Johnny_Viper")  # 12 characters
     assert info.value.messages
     assert Message.objects.count() == 0
-    assert sandbox_provider.requests == []
+    assert megafon_provider.requests == []
 
 
 def test_send_sms_refuses_an_opted_out_contact(locmem_provider):
@@ -101,16 +101,16 @@ def test_send_sms_now_sends_through_the_worker_path(locmem_provider):
     ]
 
 
-def test_send_sms_now_to_the_sandbox(sandbox_provider):
+def test_send_sms_now_to_the_sandbox(megafon_provider):
     message = outbox.send_sms("+79001234212", "Hello", now=True)
     assert message.status == MessageStatus.SENT
-    assert message.msg_id in sandbox_provider.accepted
-    assert sandbox_provider.accepted[message.msg_id]["to"] == 79001234212
+    assert message.msg_id in megafon_provider.accepted
+    assert megafon_provider.accepted[message.msg_id]["to"] == 79001234212
     assert message.last_response is not None
 
 
-def test_a_rejected_message_fails_with_the_provider_error(sandbox_provider):
-    sandbox_provider.configure(codes={"79001234212": 1282})
+def test_a_rejected_message_fails_with_the_provider_error(megafon_provider):
+    megafon_provider.configure(codes={"79001234212": 1282})
     message = outbox.send_sms("+79001234212", "Hello", now=True)
     assert message.status == MessageStatus.FAILED
     assert message.error_code == "1282"
@@ -118,8 +118,8 @@ def test_a_rejected_message_fails_with_the_provider_error(sandbox_provider):
     assert message.attempts == 1
 
 
-def test_a_retryable_failure_goes_back_to_queued_with_backoff(sandbox_provider):
-    sandbox_provider.configure(fail_rate=1.0)
+def test_a_retryable_failure_goes_back_to_queued_with_backoff(megafon_provider):
+    megafon_provider.configure(fail_rate=1.0)
     message = outbox.send_sms("+79001234212", "Hello", now=True)
     assert message.status == MessageStatus.QUEUED
     assert message.attempts == 1
@@ -127,19 +127,19 @@ def test_a_retryable_failure_goes_back_to_queued_with_backoff(sandbox_provider):
     assert message.error_code
 
 
-def test_retries_keep_the_msg_id_and_end_failed_after_max_attempts(sandbox_provider, settings):
+def test_retries_keep_the_msg_id_and_end_failed_after_max_attempts(megafon_provider, settings):
     settings.CRM_SMS = {**settings.CRM_SMS, "MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0}
-    sandbox_provider.configure(fail_rate=1.0)
+    megafon_provider.configure(fail_rate=1.0)
     message = outbox.send_sms("+79001234212", "Hello")
     for _ in range(5):
         outbox.dispatch_due()
     message.refresh_from_db()
     assert message.status == MessageStatus.FAILED
     assert message.attempts == 3
-    assert sandbox_provider.attempts == {message.msg_id: 3}
+    assert megafon_provider.attempts == {message.msg_id: 3}
 
 
-def test_a_duplicate_msg_id_answer_means_sent(sandbox_provider):
+def test_a_duplicate_msg_id_answer_means_sent(megafon_provider):
     message = outbox.send_sms("+79001234212", "Hello", now=True)
     assert message.status == MessageStatus.SENT
     # As if the worker died after the provider accepted: queued again, same msg_id.
@@ -147,8 +147,8 @@ def test_a_duplicate_msg_id_answer_means_sent(sandbox_provider):
     outbox.dispatch_due()
     message.refresh_from_db()
     assert message.status == MessageStatus.SENT
-    assert sandbox_provider.attempts[message.msg_id] == 2
-    assert len(sandbox_provider.accepted) == 1
+    assert megafon_provider.attempts[message.msg_id] == 2
+    assert len(megafon_provider.accepted) == 1
 
 
 def test_retry_delay_doubles_with_jitter_and_is_capped(settings):
@@ -161,10 +161,10 @@ def test_retry_delay_doubles_with_jitter_and_is_capped(settings):
     assert len({results.retry_delay(1) for _ in range(20)}) > 1  # jitter
 
 
-def test_a_provider_error_of_a_single_message_is_retried(sandbox_provider, settings, caplog):
+def test_a_provider_error_of_a_single_message_is_retried(megafon_provider, settings, caplog):
     crm = dict(settings.CRM_SMS)
     crm["PROVIDERS"] = {
-        "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
+        "default": sandbox_provider_config(megafon_provider, password="wrong", read_timeout=0.5)
     }
     settings.CRM_SMS = crm
     message = outbox.send_sms("+79001234212", "Hello", now=True)
@@ -255,13 +255,13 @@ def test_new_msg_ids_are_unique_and_well_formed():
 
 
 def test_a_wrong_password_costs_at_most_pause_after_requests_for_single_messages(
-    sandbox_provider, settings
+    megafon_provider, settings
 ):
     """Single messages: PAUSE_AFTER provider errors stop the batch; the rest go back to the
     queue with a backoff, without an attempt used."""
     crm = dict(settings.CRM_SMS)
     crm["PROVIDERS"] = {
-        "default": sandbox_provider_config(sandbox_provider, password="wrong", read_timeout=0.5)
+        "default": sandbox_provider_config(megafon_provider, password="wrong", read_timeout=0.5)
     }
     # Not due again while this run lasts: longer than any test may run (pytest-timeout).
     crm.update(RETRY_BACKOFF=3600, RETRY_BACKOFF_MAX=3600)
@@ -269,10 +269,10 @@ def test_a_wrong_password_costs_at_most_pause_after_requests_for_single_messages
     for i in range(10):
         outbox.send_sms(f"+7900123420{i}", "Hi")
     summary = outbox.dispatch_due(concurrency=8)
-    assert len(sandbox_provider.requests) <= 3
+    assert len(megafon_provider.requests) <= 3
     assert summary["sent"] == 0 and summary["failed"] == 0
     messages = list(Message.objects.all())
     assert {m.status for m in messages} == {MessageStatus.QUEUED}
     for message in messages:
         assert_backoff(message, 3600)
-    assert sum(m.attempts for m in messages) == len(sandbox_provider.requests)
+    assert sum(m.attempts for m in messages) == len(megafon_provider.requests)

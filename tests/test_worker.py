@@ -25,8 +25,6 @@ from crm_sms.models import (
 from crm_sms.outbox import results
 from tests.fixtures_outbox import make_contacts, subprocess_env, wait_until
 
-pytestmark = pytest.mark.usefixtures("english")
-
 
 def statuses(**filters) -> Counter:
     return Counter(Message.objects.filter(**filters).values_list("status", flat=True))
@@ -73,10 +71,10 @@ def test_sms_worker_provider_option_sends_only_that_provider(locmem_provider):
 
 @pytest.mark.django_db
 @pytest.mark.slow
-def test_every_message_ends_sent_despite_503_timeouts_and_throttling(sandbox_provider):
+def test_every_message_ends_sent_despite_503_timeouts_and_throttling(megafon_provider):
     """10% HTTP 503, 10% answers slower than the read timeout, 10% code 88: retries with
     backoff and the same msg_id; the provider's de-duplication keeps one SMS per subscriber."""
-    sandbox_provider.configure(
+    megafon_provider.configure(
         fail_rate=0.1, timeout_rate=0.1, timeout_s=0.8, throttle_rate=0.1, latency_ms=2
     )
     make_contacts(300)
@@ -88,15 +86,15 @@ def test_every_message_ends_sent_despite_503_timeouts_and_throttling(sandbox_pro
             break
         time.sleep(0.05)
     assert statuses() == {MessageStatus.SENT: 300}
-    assert_one_sms_per_subscriber(sandbox_provider, 300)
-    assert max(sandbox_provider.attempts.values()) > 1  # retries did happen
+    assert_one_sms_per_subscriber(megafon_provider, 300)
+    assert max(megafon_provider.attempts.values()) > 1  # retries did happen
     assert Message.objects.filter(attempts__gt=1).exists()
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED
 
 
 @pytest.mark.django_db
-def test_rate_limit_is_applied_by_the_worker(sandbox_provider, settings):
+def test_rate_limit_is_applied_by_the_worker(megafon_provider, settings):
     crm = dict(settings.CRM_SMS)
     crm["PROVIDERS"] = {"default": {**crm["PROVIDERS"]["default"], "RATE_LIMIT": 20}}
     settings.CRM_SMS = crm
@@ -111,19 +109,19 @@ def test_rate_limit_is_applied_by_the_worker(sandbox_provider, settings):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_two_worker_processes_never_send_a_message_twice(sandbox_provider, worker_processes):
-    sandbox_provider.configure(latency_ms=25)
+def test_two_worker_processes_never_send_a_message_twice(megafon_provider, worker_processes):
+    megafon_provider.configure(latency_ms=25)
     make_contacts(400)
     outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
-    env = subprocess_env(sandbox_provider)
+    env = subprocess_env(megafon_provider)
     args = ["--once", "--concurrency", "8", "--batch-size", "25"]
     first, second = worker_processes(args, env), worker_processes(args, env)
     (code1, out1), (code2, out2) = first.wait(), second.wait()
     assert code1 == 0, out1
     assert code2 == 0, out2
     assert statuses() == {MessageStatus.SENT: 400}
-    assert set(sandbox_provider.attempts.values()) == {1}, "a message was sent twice"
-    assert_one_sms_per_subscriber(sandbox_provider, 400)
+    assert set(megafon_provider.attempts.values()) == {1}, "a message was sent twice"
+    assert_one_sms_per_subscriber(megafon_provider, 400)
     # Both did a share of the work.
     shares = [int(re.search(r"Done: sent (\d+)", out).group(1)) for out in (out1, out2)]
     assert sum(shares) == 400 and min(shares) > 0, shares
@@ -132,34 +130,34 @@ def test_two_worker_processes_never_send_a_message_twice(sandbox_provider, worke
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_a_killed_worker_loses_nothing_and_nobody_gets_two_sms(
-    sandbox_provider, worker_processes, settings
+    megafon_provider, worker_processes, settings
 ):
     """SIGKILL in the middle of a batch leaves rows 'sending'; after CLAIM_TIMEOUT they are
     taken back and resent with the same msg_id: the provider answers 20102 for those it
     already had, so they are 'sent' and nobody gets a second SMS."""
-    sandbox_provider.configure(latency_ms=150)
+    megafon_provider.configure(latency_ms=150)
     make_contacts(120)
     outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     worker = worker_processes(
-        ["--concurrency", "8", "--batch-size", "40"], subprocess_env(sandbox_provider)
+        ["--concurrency", "8", "--batch-size", "40"], subprocess_env(megafon_provider)
     )
-    assert wait_until(lambda: len(sandbox_provider.accepted) >= 20, timeout=20)
+    assert wait_until(lambda: len(megafon_provider.accepted) >= 20, timeout=20)
     worker.kill()
     in_sending = Message.objects.filter(status=MessageStatus.SENDING).count()
     assert in_sending > 0, "the kill was supposed to land mid-batch"
     settings.CRM_SMS = {**settings.CRM_SMS, "CLAIM_TIMEOUT": 0.2}
-    sandbox_provider.configure(latency_ms=0)
+    megafon_provider.configure(latency_ms=0)
     # Wait for conditions, not for a time: the claims are older than CLAIM_TIMEOUT, and the
     # sandbox has answered what the dead worker sent (each request accepts a new msg_id; a
     # request cut off mid-body is never accepted: then give up waiting after 10 s).
     assert wait_until(lambda: not claimed_since(timezone.now() - timedelta(seconds=0.2)))
-    wait_until(lambda: len(sandbox_provider.accepted) == len(sandbox_provider.requests), 10)
-    accepted_before = set(sandbox_provider.accepted)
+    wait_until(lambda: len(megafon_provider.accepted) == len(megafon_provider.requests), 10)
+    accepted_before = set(megafon_provider.accepted)
     summary = outbox.dispatch_due(concurrency=16)
     assert summary["sent"] > 0
     assert statuses() == {MessageStatus.SENT: 120}
-    assert_one_sms_per_subscriber(sandbox_provider, 120)
-    resent = [m for m, n in sandbox_provider.attempts.items() if n > 1]
+    assert_one_sms_per_subscriber(megafon_provider, 120)
+    resent = [m for m, n in megafon_provider.attempts.items() if n > 1]
     assert resent and set(resent) <= accepted_before  # the 20102 answers
     assert Message.objects.filter(events__description__icontains="claim expired").exists()
 
@@ -167,15 +165,15 @@ def test_a_killed_worker_loses_nothing_and_nobody_gets_two_sms(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_sigterm_finishes_requests_in_flight_and_gives_back_the_rest(
-    sandbox_provider, worker_processes
+    megafon_provider, worker_processes
 ):
-    sandbox_provider.configure(latency_ms=300)
+    megafon_provider.configure(latency_ms=300)
     make_contacts(100)
     outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
     worker = worker_processes(
-        ["--concurrency", "4", "--batch-size", "50"], subprocess_env(sandbox_provider)
+        ["--concurrency", "4", "--batch-size", "50"], subprocess_env(megafon_provider)
     )
-    assert wait_until(lambda: len(sandbox_provider.accepted) >= 4, timeout=20)
+    assert wait_until(lambda: len(megafon_provider.accepted) >= 4, timeout=20)
     worker.signal(signal.SIGTERM)
     code, out = worker.wait(timeout=15)
     assert code == 0, out
@@ -185,7 +183,7 @@ def test_sigterm_finishes_requests_in_flight_and_gives_back_the_rest(
     assert counts[MessageStatus.QUEUED] > 0  # given back
     # Every request the provider saw has its result stored.
     sent = set(Message.objects.filter(status=MessageStatus.SENT).values_list("msg_id", flat=True))
-    assert sent == set(sandbox_provider.accepted)
+    assert sent == set(megafon_provider.accepted)
     assert counts[MessageStatus.SENT] + counts[MessageStatus.QUEUED] == 100
     campaign = Campaign.objects.get()
     assert campaign.status == CampaignStatus.RUNNING
@@ -194,25 +192,25 @@ def test_sigterm_finishes_requests_in_flight_and_gives_back_the_rest(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_a_wrong_password_pauses_a_worker_process_and_resume_continues(
-    sandbox_provider, worker_processes
+    megafon_provider, worker_processes
 ):
     make_contacts(50)
     campaign = outbox.send_campaign(Contact.objects.all(), "Hi {{ first_name }}")
-    env = subprocess_env(sandbox_provider)  # the worker keeps password "test"
-    sandbox_provider.configure(password="changed")  # ... which the provider now refuses
+    env = subprocess_env(megafon_provider)  # the worker keeps password "test"
+    megafon_provider.configure(password="changed")  # ... which the provider now refuses
     code, out = worker_processes(["--once", "--concurrency", "16"], env).wait()
     assert code == 0, out
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.PAUSED
     assert campaign.pause_reason
-    assert len(sandbox_provider.requests) <= 3
+    assert len(megafon_provider.requests) <= 3
     assert statuses() == {MessageStatus.QUEUED: 50}
-    sandbox_provider.configure(password="test")
+    megafon_provider.configure(password="test")
     outbox.resume_campaign(campaign)
     code, out = worker_processes(["--once"], env).wait()
     assert code == 0, out
     assert statuses() == {MessageStatus.SENT: 50}
-    assert_one_sms_per_subscriber(sandbox_provider, 50)
+    assert_one_sms_per_subscriber(megafon_provider, 50)
 
 
 @pytest.mark.django_db(transaction=True)

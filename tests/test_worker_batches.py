@@ -15,7 +15,7 @@ from crm_sms.outbox import pool
 from crm_sms.reports import apply_delivery_reports
 from tests.fixtures_outbox import make_contacts
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("english")]
+pytestmark = pytest.mark.django_db
 
 
 def statuses(**filters) -> Counter:
