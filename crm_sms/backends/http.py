@@ -105,12 +105,15 @@ def _environ_ca_bundle() -> str:
 
 @dataclass
 class HTTPRequest:
-    """One POST to a provider: its URL and body (``json``, or ``data``: form fields or bytes)."""
+    """One request to a provider: its URL and body (``json``, or ``data``: form fields or
+    bytes); ``method="GET"`` with ``params`` for a provider's read endpoints (status, balance)."""
 
     url: str
     json: Any = None  # encoded by encode_payload: UTF-8 without a BOM or \u escapes
     data: Any = None
     headers: dict[str, str] | None = None
+    method: str = "POST"
+    params: Any = None  # the query string's parameters
 
 
 @dataclass
@@ -247,8 +250,14 @@ class HTTPBackend(BaseBackend):
             if self.session.headers.get("Content-Type") != JSON_CONTENT_TYPE:
                 headers = {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})}
         try:
-            response = self.session.post(
-                request.url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+            response = self.session.request(
+                request.method,
+                request.url,
+                params=request.params,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise self.failure(transport_failure_kind(exc), exc=exc) from exc
