@@ -35,7 +35,8 @@ def environment(database_url: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=database_url,
         DEBUG="0",
-        SECRET_KEY="bench-secret-key-not-for-production-0123456789",
+        SECRET_KEY="bench-secret-key-not-for-production-0123456789-abcdefghijklmnop",
+        SECURE_SSL_REDIRECT="0",  # plain HTTP on the loopback
         ALLOWED_HOSTS="127.0.0.1",
         # The sandbox is not needed: the bench only receives reports.
         SMS_URL="megafon+http://bench:bench@127.0.0.1:9/?sender=Bench",

@@ -47,13 +47,14 @@ BACKENDS = {
 }
 
 
-def instrument(limiter, hold: bool) -> list[float]:
-    """Record the limiter's grant times (returned) and send each one's in a request header. With
-    ``hold``, the worker's ``acquire`` holds its grant until the request is answered, as
-    ``with limiter.hold(...)`` around the request does."""
+def instrument(limiter, hold: bool) -> tuple[list[float], set[str]]:
+    """Record the limiter's grant times and how they were taken ("hold", "acquire"), and send
+    each grant's time in a request header. With ``hold``, the worker's ``acquire`` holds its
+    grant until the request is answered, as ``with limiter.hold(...)`` around the request does."""
     import requests
 
     grants: list[float] = []
+    kinds: set[str] = set()
     local = threading.local()
     take = limiter._take
 
@@ -61,6 +62,7 @@ def instrument(limiter, hold: bool) -> list[float]:
         granted_at = take(stop, member, held, count)
         if granted_at is not None:
             grants.extend([granted_at] * count)
+            kinds.add("hold" if held else "acquire")
             local.granted_at = granted_at
         return granted_at
 
@@ -87,7 +89,7 @@ def instrument(limiter, hold: bool) -> list[float]:
                 context.__exit__(None, None, None)
 
     requests.Session.send = send_with_grant
-    return grants
+    return grants, kinds
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -106,11 +108,12 @@ def worker(args: argparse.Namespace) -> None:
 
     # The limiter the worker's threads will get (one per process and provider).
     limiter = ratelimit.get_rate_limiter("default", args.limit)
-    grants = instrument(limiter, args.hold)
+    grants, kinds = instrument(limiter, args.hold)
     print("ready", flush=True)
     sys.stdin.readline()  # "go": every process is ready
     summary = run_worker(once=True, concurrency=args.concurrency, batch_size=args.batch_size)
-    print(json.dumps({"sent": summary.sent, "grants": grants, "limiter": limiter.description}))
+    out = {"sent": summary.sent, "grants": grants, "kinds": sorted(kinds)}
+    print(json.dumps({**out, "limiter": limiter.description}))
 
 
 def run_once(args: argparse.Namespace, sandbox, processes: int) -> dict:
@@ -149,15 +152,18 @@ def run_once(args: argparse.Namespace, sandbox, processes: int) -> dict:
             if proc.poll() is None:
                 proc.kill()
     arrived = window_stats([r.received_at for r in sandbox.requests])
-    # How long after its grant each request reached the sandbox (meaningful where the grant
-    # times are this machine's clock: Redis TIME, or a local limiter's ``time.monotonic``).
+    # How long after its grant each request reached the sandbox (where the grant times are
+    # Redis TIME, this machine's clock; a local limiter's are ``time.monotonic``).
     late_ms = sorted(
-        (r.received_at - float(r.headers.get(GRANT_HEADER, "nan"))) * 1000 for r in sandbox.requests
+        (r.received_at - float(r.headers.get(GRANT_HEADER, "nan"))) * 1000
+        for r in sandbox.requests
+        if args.redis
     )
     granted = window_stats([t for out in outputs for t in out["grants"]])
     return {
         "processes": processes,
         "limiter": outputs[0]["limiter"],
+        "worker_waits_with": "+".join(sorted({k for out in outputs for k in out["kinds"]})),
         "sent": sum(out["sent"] for out in outputs),
         "requests": arrived["count"],
         "max_in_any_1s": arrived["max_in_1s"],
@@ -224,7 +230,8 @@ def main() -> None:
         "runs_per_count": args.runs,
         "concurrency": args.concurrency,
         "cache": BACKENDS[args.cache] if args.redis else "per process",
-        "worker_waits_with": "hold (until answered)" if args.hold else "acquire",
+        "worker_waits_with": "+".join(sorted({run["worker_waits_with"] for run in runs}))
+        + (" (--hold)" if args.hold else ""),
         "busy_processes": args.busy,
         "by_processes": by_processes,
         "max_in_any_1s": max(run["max_in_any_1s"] for run in runs),

@@ -25,16 +25,29 @@ def send_sms(
     provider: str | None = None,
     contact: Contact | None = None,
     now: bool = False,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> Message:
     """Queue one SMS to ``to`` (any common phone notation) and return its Message.
 
     ``sender`` and ``provider`` (an alias) default to the provider's; ``contact`` links the
     message (else it is found by the phone). With ``now=True`` it is sent in this process and
-    comes back with its send status. See ``crm_sms.outbox.send_sms``.
+    comes back with its send status. ``translit=True`` writes Cyrillic in Latin letters;
+    ``smart_encoding`` (on) replaces look-alike punctuation (« » — … NBSP) when that makes the
+    text GSM-7 (``crm_sms.translit``). See ``crm_sms.outbox.send_sms``.
     """
     from .outbox import send_sms as queue_sms
 
-    return queue_sms(to, text, sender=sender, provider=provider, contact=contact, now=now)
+    return queue_sms(
+        to,
+        text,
+        sender=sender,
+        provider=provider,
+        contact=contact,
+        now=now,
+        translit=translit,
+        smart_encoding=smart_encoding,
+    )
 
 
 def send_campaign(
@@ -48,13 +61,16 @@ def send_campaign(
     created_by: Any = None,
     phone_field: str = "phone",
     variables: dict[str, str] | None = None,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> Campaign:
     """Create a campaign of ``text`` (a template) to the rows of ``contacts`` and queue it.
 
     ``contacts`` is a queryset of Contacts, or of any model with a ``phone_field``;
     ``variables`` maps template names to its fields (a Contact's names by default);
     ``scheduled_at`` in the future delays the start. Opted-out, invalid and duplicate phones
-    are left out and counted. See ``crm_sms.outbox.send_campaign``.
+    are left out and counted. ``translit`` and ``smart_encoding`` transform each rendered
+    text as in ``send_sms``. See ``crm_sms.outbox.send_campaign``.
     """
     from .outbox import send_campaign as queue_campaign
 
@@ -68,4 +84,6 @@ def send_campaign(
         created_by=created_by,
         phone_field=phone_field,
         variables=variables,
+        translit=translit,
+        smart_encoding=smart_encoding,
     )

@@ -34,6 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT_CACHE": "default",
     # scheme -> backend class (a dotted path or the class), over BUILTIN_SCHEMES.
     "SCHEMES": {},
+    # The callback endpoint: the largest body it reads (bytes; larger is answered 413), and
+    # where reports wait while the database is away (crm_sms.inbox; None: under BASE_DIR).
+    "CALLBACK_MAX_BYTES": 5 * 1024 * 1024,
+    "REPORT_SPOOL_DIR": None,
 }
 
 #: The built-in URL schemes: scheme -> backend class. A site adds its own (or replaces one) in
@@ -68,6 +72,8 @@ ENV_KEYS: dict[str, tuple[str, type]] = {
     "SMS_RETRY_BACKOFF": ("RETRY_BACKOFF", float),
     "SMS_DEFAULT_PROVIDER": ("DEFAULT_PROVIDER", str),
     "SMS_DEFAULT_REGION": ("DEFAULT_REGION", str),
+    "SMS_CALLBACK_MAX_BYTES": ("CALLBACK_MAX_BYTES", int),
+    "SMS_REPORT_SPOOL_DIR": ("REPORT_SPOOL_DIR", str),
 }
 
 

@@ -73,6 +73,8 @@ class Contact(models.Model):
         verbose_name = _("contact")
         verbose_name_plural = _("contacts")
         ordering = ["last_name", "first_name", "id"]
+        # Exporting hands out every phone and email: its own permission, not "view".
+        permissions = [("export_contact", _("Can export contacts"))]
 
     def __str__(self) -> str:
         name = " ".join(p for p in (self.last_name, self.first_name, self.middle_name) if p)
@@ -144,8 +146,8 @@ class Campaign(models.Model):
 
 
 class MessageStatus(models.TextChoices):
-    # The same seven states as the 1C BSP SMS subsystem. Which moves between them exist, and
-    # who makes them: crm_sms.transitions (docs/statuses.md).
+    # The seven states of the 1C BSP SMS subsystem, and "uncertain". Which moves between them
+    # exist, and who makes them: crm_sms.transitions (docs/statuses.md).
     QUEUED = "queued", _("queued")
     SENDING = "sending", _("sending")
     SENT = "sent", _("sent")
@@ -153,6 +155,10 @@ class MessageStatus(models.TextChoices):
     UNDELIVERED = "undelivered", _("undelivered")
     FAILED = "failed", _("failed")
     CANCELLED = "cancelled", _("cancelled")
+    # The answer to a send was lost (a read timeout, a connection dropped after the request,
+    # a 5xx) and the provider can neither drop a repeat nor be asked: it may have the message.
+    # The worker never sends it again; only an operator's confirmed resend does.
+    UNCERTAIN = "uncertain", _("uncertain whether sent")
 
 
 FINAL_STATUSES = frozenset(
@@ -163,7 +169,8 @@ FINAL_STATUSES = frozenset(
         MessageStatus.CANCELLED,
     }
 )
-#: Waiting to be sent or being sent: the outbox still owes these a send.
+#: Waiting to be sent or being sent: the outbox still owes these a send. (``uncertain`` is
+#: neither final nor active: only a report or an operator moves it.)
 ACTIVE_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 
 
@@ -198,6 +205,16 @@ class Message(models.Model):
     error_code = models.CharField(_("error code"), max_length=50, blank=True)
     error_message = models.TextField(_("error message"), blank=True)
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    maybe_sent = models.BooleanField(
+        _("may have been sent"),
+        default=False,
+        db_default=False,  # bulk inserts (crm_sms.bulk) may leave it out
+        help_text=_(
+            "The answer to the last attempt was lost after the request may have reached the "
+            "provider. Before it is sent again the provider drops a repeat of its message id, "
+            "or is asked whether it has it, or an operator decides."
+        ),
+    )
     next_attempt_at = models.DateTimeField(_("next attempt at"), default=timezone.now)
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
     segments = models.PositiveSmallIntegerField(_("SMS parts"), default=1)
@@ -260,3 +277,59 @@ class MessageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id}: {self.old_status or '-'} → {self.new_status}"
+
+
+class ImportJobStatus(models.TextChoices):
+    QUEUED = "queued", pgettext_lazy("import job status", "queued")
+    RUNNING = "running", pgettext_lazy("import job status", "running")
+    DONE = "done", pgettext_lazy("import job status", "done")
+    FAILED = "failed", pgettext_lazy("import job status", "failed")
+
+
+class ImportJob(models.Model):
+    """A contact import (or its check, ``dry_run``) run in the background by ``sms_worker`` or
+    Celery (``crm_sms.importing.jobs``): the uploaded file, the options, the progress."""
+
+    file_path = models.CharField(_("file path"), max_length=500)
+    filename = models.CharField(_("file name"), max_length=255, blank=True)
+    file_size = models.BigIntegerField(_("file size"), default=0)
+    options = models.JSONField(_("options"), default=dict, blank=True)  # format, encoding…
+    dry_run = models.BooleanField(_("check only"), default=False)
+    status = models.CharField(
+        _("status"),
+        max_length=20,
+        choices=ImportJobStatus.choices,
+        default=ImportJobStatus.QUEUED,
+    )
+    # Progress, committed with each batch of contacts.
+    rows = models.PositiveIntegerField(_("rows read"), default=0)
+    created = models.PositiveIntegerField(_("created"), default=0)
+    updated = models.PositiveIntegerField(_("updated"), default=0)
+    unchanged = models.PositiveIntegerField(_("unchanged"), default=0)
+    skipped = models.PositiveIntegerField(_("skipped"), default=0)
+    fraction = models.FloatField(_("part of the file read"), null=True, blank=True)
+    # ImportResult.as_dict(): the running result (where a taken-back job goes on), then the end.
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="sms_import_jobs",
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(_("last progress at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("contact import")
+        verbose_name_plural = _("contact imports")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="crm_sms_import_due")]
+
+    def __str__(self) -> str:
+        return f"{self.filename or self.file_path} ({self.get_status_display()})"

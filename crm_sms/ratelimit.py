@@ -10,8 +10,9 @@ The algorithm: a sliding-window log with a queue of turns, each decision one ato
   never sees more than ``limit`` in any second: with ``hold`` however late a request reaches it
   (a stalled process, a slow network), with ``acquire`` as long as it is not ``MARGIN`` later
   than the request ``limit`` sends after it.
-- Turns spread the callers out: a caller's first ask gives it the next free turn, turns being
-  ``(1 + MARGIN) / rate`` seconds apart. Before its turn a caller is told to sleep until it; at
+- Turns spread the callers out: a caller's first ask gives it the next free turn (``n`` turns
+  for a request of ``n`` messages), turns being ``(1 + MARGIN) / limit`` seconds apart (a rate
+  below 1/s: proportionally more). Before its turn a caller is told to sleep until it; at
   its turn (or later) the log decides, and a refused caller is told when the oldest logged send
   stops counting (asking again at least every tenth of a second while it only waits for answers).
   A caller never polls: it sleeps as long as the answer says, then asks again. With enough work

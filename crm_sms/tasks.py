@@ -4,6 +4,9 @@ Schedule them with Celery beat (the demo's ``config/celery.py`` does): ``dispatc
 few seconds, ``start_due_campaigns`` and ``release_stale_claims`` every minute or so,
 ``poll_statuses`` every minute. Several Celery workers on several machines may run them at
 once: rows are claimed, so no message is sent twice.
+
+``run_import_job`` runs a background contact import; the admin sends it when
+``CRM_SMS["IMPORT_CELERY"]`` is on (jobs are claimed too: a job never runs twice at once).
 """
 
 from __future__ import annotations
@@ -64,3 +67,12 @@ def poll_statuses(provider: str | None = None, batch_size: int = 500) -> dict[st
         logger.warning("poll_statuses: crm_sms.polling is not available (%s); skipped", exc)
         return None
     return polling.poll_statuses(provider=provider, batch_size=batch_size)
+
+
+@shared_task(name="crm_sms.tasks.run_import_job", ignore_result=True)
+def run_import_job(job_id: int | None = None) -> int:
+    """Run the queued contact import ``job_id`` (without it: every due one, jobs whose runner
+    died included); returns how many ran."""
+    from .importing.jobs import run_import_jobs
+
+    return run_import_jobs(job_id=job_id)

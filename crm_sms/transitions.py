@@ -70,7 +70,7 @@ class Move:
 M, C = MessageStatus, CampaignStatus
 WORKER, REPORT, OPERATOR = Actor.WORKER, Actor.REPORT, Actor.OPERATOR
 
-#: A new Message starts ``queued`` (send_sms, send_campaign, resend of a never-accepted one).
+#: A new Message starts ``queued`` (send_sms, send_campaign); a resend reuses its row.
 MESSAGE_INITIAL = (M.QUEUED,)
 
 MESSAGE_MOVES: tuple[Move, ...] = (
@@ -79,7 +79,14 @@ MESSAGE_MOVES: tuple[Move, ...] = (
     Move(M.SENDING, M.SENT, WORKER, "the provider accepted it"),
     Move(M.SENDING, M.FAILED, WORKER, "rejected, or its retries are exhausted"),
     Move(M.SENDING, M.QUEUED, WORKER, "retry later, given back unsent, or its claim expired"),
+    Move(M.SENDING, M.CANCELLED, WORKER, "as for queued, but its campaign was cancelled"),
     Move(M.QUEUED, M.SENT, WORKER, "accepted after its expired claim was taken back"),
+    Move(
+        M.SENDING,
+        M.UNCERTAIN,
+        WORKER,
+        "its answer was lost and the provider neither drops repeats nor can be asked",
+    ),
     # The provider's delivery reports (callbacks, polling and its report window).
     Move(M.QUEUED, M.SENT, REPORT, "a report overtook the send result"),
     Move(M.QUEUED, M.DELIVERED, REPORT, "a report overtook the send result"),
@@ -99,10 +106,16 @@ MESSAGE_MOVES: tuple[Move, ...] = (
     Move(M.CANCELLED, M.FAILED, REPORT, "the provider corrects our verdict"),
     Move(M.UNDELIVERED, M.DELIVERED, REPORT, "a late report after our no_report verdict"),
     Move(M.UNDELIVERED, M.FAILED, REPORT, "a late report after our no_report verdict"),
+    Move(M.UNCERTAIN, M.SENT, REPORT, "the provider's word settles it"),
+    Move(M.UNCERTAIN, M.DELIVERED, REPORT, "the provider's word settles it"),
+    Move(M.UNCERTAIN, M.UNDELIVERED, REPORT, "the provider's word settles it"),
+    Move(M.UNCERTAIN, M.FAILED, REPORT, "the provider's word settles it"),
     # An operator (the admin's actions).
     Move(M.QUEUED, M.CANCELLED, OPERATOR, "the campaign is cancelled"),
-    Move(M.FAILED, M.QUEUED, OPERATOR, "retry failed, or resend"),
-    Move(M.CANCELLED, M.QUEUED, OPERATOR, "resend (the provider had accepted it)"),
+    Move(M.UNCERTAIN, M.CANCELLED, OPERATOR, "the campaign is cancelled"),
+    Move(M.FAILED, M.QUEUED, OPERATOR, "retry failed, or resend (same msg_id)"),
+    Move(M.UNCERTAIN, M.QUEUED, OPERATOR, "resend, confirmed: it may arrive twice"),
+    Move(M.CANCELLED, M.QUEUED, OPERATOR, "resend (same msg_id)"),
     Move(M.SENT, M.QUEUED, OPERATOR, "resend (same msg_id)"),
     Move(M.DELIVERED, M.QUEUED, OPERATOR, "resend (same msg_id)"),
     Move(M.UNDELIVERED, M.QUEUED, OPERATOR, "resend (same msg_id)"),

@@ -59,6 +59,7 @@ def test_change_page_counts_per_status_and_polls_while_running(admin_en, campaig
         "undelivered": 0,
         "failed": 1,
         "cancelled": 0,
+        "uncertain": 0,
     }
     assert 'data-active="1"' in html and "campaign_progress.js" in html
     assert 'data-status-count="delivered">4<' in html

@@ -62,16 +62,29 @@ def test_change_page_is_read_only_with_events(admin_en, log):
 
 
 def test_resend_action_for_failed_messages(admin_en, log):
+    """A confirmation page first (what will happen), then its POST (tests/test_resend.py)."""
     ok, bad = log
-    response = admin_en.post(
+    page = admin_en.post(
         reverse(LIST),
         {"action": "resend_action", "index": "0", "_selected_action": [ok.pk, bad.pk]},
+    )
+    html = page.content.decode()
+    assert "1 message will be sent again with the same id" in html
+    assert "1 message will be left as it is" in html and "the provider accepted it" in html
+    assert not Message.objects.filter(status="queued").exists()
+    response = admin_en.post(
+        reverse(LIST),
+        {
+            "action": "resend_action",
+            "post": "yes",
+            "_selected_action": [ok.pk, bad.pk],
+            f"state_{bad.pk}": page.context["plan"].again[0].token,
+        },
         follow=True,
     )
-    html = response.content.decode()
-    assert "1 message queued again." in html
-    assert "1 message was not failed" in html
+    assert "1 message queued again with the same id." in response.content.decode()
     assert Message.objects.filter(phone=bad.phone, status="queued").count() == 1
+    assert Message.objects.count() == 2
     ok.refresh_from_db()
     assert ok.status == "sent"
 

@@ -92,6 +92,40 @@ def test_report_rules_use_exactly_the_report_moves_of_the_table():
     assert applied == table
 
 
+# --- uncertain -------------------------------------------------------------------------------
+
+
+def test_uncertain_is_neither_active_nor_final():
+    from crm_sms.models import ACTIVE_STATUSES, FINAL_STATUSES
+
+    assert M.UNCERTAIN not in ACTIVE_STATUSES and M.UNCERTAIN not in FINAL_STATUSES
+
+
+def test_only_the_worker_makes_a_message_uncertain_and_only_an_operator_queues_it():
+    can = transitions.can_move_message
+    assert can(M.SENDING, M.UNCERTAIN, Actor.WORKER)
+    assert [m.old for m in transitions.MESSAGE_MOVES if m.new == M.UNCERTAIN] == [M.SENDING]
+    assert not can(M.UNCERTAIN, M.QUEUED, Actor.WORKER)
+    assert not can(M.UNCERTAIN, M.SENDING, Actor.WORKER)
+    assert can(M.UNCERTAIN, M.QUEUED, Actor.OPERATOR)
+    assert can(M.UNCERTAIN, M.CANCELLED, Actor.OPERATOR)
+    assert not can(M.UNCERTAIN, M.CANCELLED, Actor.REPORT)
+
+
+@pytest.mark.parametrize("reported", [M.SENT, M.DELIVERED, M.UNDELIVERED, M.FAILED])
+def test_the_providers_word_settles_an_uncertain_message(reported):
+    assert classify(Message(status=M.UNCERTAIN), reported) == "applied"
+
+
+@pytest.mark.django_db
+def test_a_retry_cannot_queue_an_uncertain_message_again():
+    message = make_message(M.UNCERTAIN)
+    with pytest.raises(InvalidTransition, match="'uncertain' to 'queued' by the worker"):
+        move_messages([MessageMove(message, M.QUEUED, EventSource.RETRY)])
+    moved = move_messages([MessageMove(message, M.QUEUED, EventSource.ADMIN)])
+    assert len(moved) == 1
+
+
 # --- move_messages ---------------------------------------------------------------------------
 
 

@@ -190,10 +190,11 @@ def test_backend_bug_while_parsing_is_500(providers, db, client, monkeypatch):
     assert post(client, report_body()).status_code == 500
 
 
-def test_too_large_body_is_400(providers, db, client, settings):
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+def test_too_large_body_is_413(providers, db, client, settings):
+    # The endpoint's own limit, CALLBACK_MAX_BYTES (tests/test_callback_safety.py has more).
+    settings.CRM_SMS = {**settings.CRM_SMS, "CALLBACK_MAX_BYTES": 100}
     response = post(client, report_body(*[("x" * 16, "delivered")] * 20))
-    assert response.status_code == 400
+    assert response.status_code == 413
 
 
 def test_repeated_and_out_of_order_reports_through_the_endpoint(providers, sent_message, client):

@@ -1,7 +1,10 @@
 """Campaigns: the list with a progress bar per row, the change page that refreshes while the
 campaign runs, and its controls (pause, resume, cancel, retry, copy, send a draft).
 
-The controls call :mod:`crm_sms.outbox`; the admin never moves a status itself.
+The controls call :mod:`crm_sms.outbox`; the admin never moves a status itself. Pause, cancel
+and copy (a draft sends nothing) need ``change_campaign``; whatever can make an SMS go out
+(resume, retry failed, sending a draft, scheduling one) needs ``crm_sms.send_sms`` too, as an
+action, as a button and as a POST to its ``control/`` URL alike (``may_operate``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ CAMPAIGN_OPERATIONS = {
     "retry": gettext_lazy("Retry failed"),
     "copy": gettext_lazy("Copy as a new draft"),
 }
+
+
+# Why "Retry failed" refuses a cancelled campaign.
+CANCELLED_IS_FINAL = gettext_lazy(
+    "A cancelled campaign is final: copy it as a new draft to send its text again."
+)
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -150,8 +159,36 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None):
         if obj is not None and obj.status == CampaignStatus.DRAFT:
-            return [f for f in self.fields if f not in self.editable_when_draft]
+            editable = set(self.editable_when_draft)
+            if not self.has_send_sms_permission(request, obj):
+                editable.discard("scheduled_at")  # scheduling a send is sending
+            return [f for f in self.fields if f not in editable]
         return self.fields
+
+    def has_send_sms_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        """May make a campaign's SMS go out (resume, retry failed, send or schedule a draft):
+        ``crm_sms.send_sms`` and the permission to change campaigns."""
+        return request.user.has_perm(SEND_SMS_PERMISSION) and self.has_change_permission(
+            request, obj
+        )
+
+    def operation_handlers(self) -> dict[str, Callable[[HttpRequest, QuerySet], Any]]:
+        """The change page's buttons (``CAMPAIGN_OPERATIONS``) and what each runs."""
+        return {
+            "use": self.use_draft,
+            "pause": self.pause_action,
+            "resume": self.resume_action,
+            "cancel": self.cancel_action,
+            "retry": self.retry_failed_action,
+            "copy": self.copy_action,
+        }
+
+    def may_operate(self, request: HttpRequest, operation: str, campaign: Campaign) -> bool:
+        """Whether the user may run the operation: the same check as Django's for the action
+        (its ``allowed_permissions``, ``change`` or ``send_sms``, for this campaign)."""
+        handler = self.operation_handlers()[operation]
+        checks = {"change": self.has_change_permission, "send_sms": self.has_send_sms_permission}
+        return any(checks[name](request, campaign) for name in handler.allowed_permissions)
 
     @admin.display(description=gettext_lazy("progress"))
     def progress(self, campaign: Campaign) -> str:
@@ -218,18 +255,10 @@ class CampaignAdmin(admin.ModelAdmin):
         if request.method != "POST" or operation not in CAMPAIGN_OPERATIONS:
             raise PermissionDenied
         campaign = get_object_or_404(Campaign, pk=object_id)
-        if not self.has_change_permission(request, campaign):
+        if not self.may_operate(request, operation, campaign):
             raise PermissionDenied
         queryset = Campaign.objects.filter(pk=campaign.pk)
-        handler = {
-            "use": self.use_draft,
-            "pause": self.pause_action,
-            "resume": self.resume_action,
-            "cancel": self.cancel_action,
-            "retry": self.retry_failed_action,
-            "copy": self.copy_action,
-        }[operation]
-        response = handler(request, queryset)
+        response = self.operation_handlers()[operation](request, queryset)
         if response is not None:
             return response
         return HttpResponseRedirect(
@@ -270,17 +299,19 @@ class CampaignAdmin(admin.ModelAdmin):
     def available_operations(
         self, request: HttpRequest, campaign: Campaign, state: Mapping[str, Any]
     ) -> list[dict]:
-        """The buttons this user may press on this campaign, in its present state."""
+        """The buttons this user may press on this campaign, in its present state (a cancelled
+        campaign is final: no "Retry failed")."""
         if not self.has_change_permission(request, campaign):
             return []
         status = campaign.status
         allowed = {
-            "use": status == CampaignStatus.DRAFT and request.user.has_perm(SEND_SMS_PERMISSION),
+            "use": status == CampaignStatus.DRAFT,
             "pause": status in (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED),
             "resume": status == CampaignStatus.PAUSED,
             "cancel": status
             in (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED, CampaignStatus.PAUSED),
-            "retry": state["counts"][MessageStatus.FAILED] > 0,
+            "retry": state["counts"][MessageStatus.FAILED] > 0
+            and status != CampaignStatus.CANCELLED,
             "copy": True,
         }
         return [
@@ -292,15 +323,16 @@ class CampaignAdmin(admin.ModelAdmin):
                 ),
             }
             for op, label in CAMPAIGN_OPERATIONS.items()
-            if allowed[op]
+            if allowed[op] and self.may_operate(request, op, campaign)
         ]
 
     # --- actions (also the change page's buttons) ---
 
+    @admin.action(permissions=["send_sms"])  # a button only, not in the actions list
     def use_draft(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
         """Remember the draft and go to the contacts: "Send SMS…" there starts from its text."""
         draft = queryset.get()
-        if draft.status != CampaignStatus.DRAFT or not request.user.has_perm(SEND_SMS_PERMISSION):
+        if draft.status != CampaignStatus.DRAFT or not self.has_send_sms_permission(request):
             raise PermissionDenied
         request.session[DRAFT_SESSION_KEY] = draft.pk
         self.message_user(
@@ -355,7 +387,7 @@ class CampaignAdmin(admin.ModelAdmin):
             _("Campaigns paused: %(count)d."),
         )
 
-    @admin.action(description=gettext_lazy("Resume"), permissions=["change"])
+    @admin.action(description=gettext_lazy("Resume"), permissions=["send_sms"])
     def resume_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, outbox.resume_campaign, _("Campaigns resumed: %(count)d."))
 
@@ -365,12 +397,14 @@ class CampaignAdmin(admin.ModelAdmin):
     def cancel_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, outbox.cancel_campaign, _("Campaigns cancelled: %(count)d."))
 
-    @admin.action(description=gettext_lazy("Retry failed messages"), permissions=["change"])
+    @admin.action(description=gettext_lazy("Retry failed messages"), permissions=["send_sms"])
     def retry_failed_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         total = 0
 
         def retry(campaign: Campaign) -> None:
             nonlocal total
+            if campaign.status == CampaignStatus.CANCELLED:
+                raise ValidationError(CANCELLED_IS_FINAL, code="campaign_cancelled")
             total += outbox.retry_failed(campaign) or 0
 
         self._each(request, queryset, retry, _("Campaigns retried: %(count)d."))

@@ -1,5 +1,5 @@
-"""What the admin modules share: the send permission, the draft kept in the session, and the
-texts that say why a recipient was left out."""
+"""What the admin modules share: the send and export permissions, the draft kept in the
+session, and the texts that say why a recipient was left out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from collections.abc import Mapping
 
 from django.utils.translation import gettext_lazy
 
+#: Needed by everything that can make an SMS go out (docs/security.md, "Permissions").
 SEND_SMS_PERMISSION = "crm_sms.send_sms"
+#: Needed to export contacts: "view" shows a page of them, an export hands out every phone and
+#: email. Its codename is what django-import-export's IMPORT_EXPORT_EXPORT_PERMISSION_CODE =
+#: "export" would ask for too.
+EXPORT_CONTACTS_PERMISSION = "crm_sms.export_contact"
 
 # The session key of the draft campaign chosen with "Send to contacts…": the next "Send SMS…"
 # page starts from its text.

@@ -1,46 +1,83 @@
 """The contact import pages: upload → check (what would happen, every bad row with its line) →
-import. The reading, cleaning and writing live in :mod:`crm_sms.importing`; this module keeps
-the uploaded file between the check and the import, and shows the results."""
+import. The reading, cleaning and writing live in :mod:`crm_sms.importing`.
+
+A small file (``IMPORT_IN_REQUEST_ROWS`` rows, ``IMPORT_IN_REQUEST_BYTES``) is checked and
+imported inside the request, as before. A bigger one is never read whole by a web request: its
+check, and then its import, are background jobs (:mod:`crm_sms.importing.jobs`) that
+``sms_worker`` or Celery runs, and the job's page shows their progress (it polls a small JSON
+view) and then the result.
+"""
 
 from __future__ import annotations
 
-import secrets
-import tempfile
-import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.files.uploadedfile import UploadedFile
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from ..forms import ContactImportConfirmForm, ContactImportForm
 from ..importing import ImportResult, import_contacts
+from ..importing.jobs import (
+    UPLOAD_MAX_AGE,
+    UPLOAD_PREFIX,
+    queue_job,
+    remove_stale_uploads,
+    save_upload,
+    upload_path,
+)
+from ..importing.limits import Limits, check_file_size, import_setting
+from ..models import ImportJob, ImportJobStatus
 
-UPLOAD_PREFIX = "crm_sms_import_"
-# Uploads checked but never imported (the user went away) are kept a day at most.
-UPLOAD_MAX_AGE = 24 * 3600
+__all__ = [
+    "ERRORS_SHOWN",
+    "UPLOAD_MAX_AGE",
+    "UPLOAD_PREFIX",
+    "ContactImportMixin",
+    "import_options",
+    "import_summary",
+    "remove_stale_uploads",
+    "upload_path",
+]
+
 # The check page lists at most this many bad rows (a file may have thousands).
 ERRORS_SHOWN = 500
+#: A job queued this long without a worker taking it: the page says no worker seems to run.
+NO_WORKER_AFTER = 30
+#: What a multipart request carries besides the file (the other fields, the boundaries).
+FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 class ContactImportMixin:
     """Adds the import pages to the contacts' ModelAdmin, for users who may add and change."""
 
     import_template = "admin/crm_sms/contact/import.html"
+    import_job_template = "admin/crm_sms/contact/import_job.html"
 
     def get_urls(self) -> list:
-        info = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
+        app, model = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
+        view = self.admin_site.admin_view  # type: ignore[attr-defined]
         return [
+            path("import/", view(self.import_view), name=f"{app}_{model}_import"),
             path(
-                "import/",
-                self.admin_site.admin_view(self.import_view),  # type: ignore[attr-defined]
-                name=f"{info[0]}_{info[1]}_import",
+                "import/<int:job_id>/",
+                view(self.import_job_view),
+                name=f"{app}_{model}_import_job",
+            ),
+            path(
+                "import/<int:job_id>/status/",
+                view(self.import_job_status_view),
+                name=f"{app}_{model}_import_job_status",
             ),
             *super().get_urls(),  # type: ignore[misc]
         ]
@@ -53,22 +90,61 @@ class ContactImportMixin:
         extra_context["has_import_permission"] = self.has_import_permission(request)
         return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
+    # --- upload, check, import ---------------------------------------------------------
     def import_view(self, request: HttpRequest) -> HttpResponse:
         """Upload → check (what would happen, every bad row with its line) → import."""
         if not self.has_import_permission(request):
             raise PermissionDenied
+        too_big = _request_too_big(request) if request.method == "POST" else ""
+        if too_big:  # refused before Django reads the body (and writes the upload to disk)
+            messages.error(request, too_big)
+            return HttpResponseRedirect(request.path)
         if request.method == "POST" and "_confirm" in request.POST:
             return self._import_confirmed(request)
         form = ContactImportForm()
-        result = confirm_form = None
         if request.method == "POST":
             form = ContactImportForm(request.POST, request.FILES)
             if form.is_valid():
-                result, confirm_form = check_upload(form)
+                return self._check_upload(request, form)
+        return self._import_page(request, form, None, None)
+
+    def _check_upload(self, request: HttpRequest, form: ContactImportForm) -> HttpResponse:
+        """Keep the upload and check it: in this request when it is small (the check page
+        with the form that confirms it), else as a background job (its page)."""
+        data = form.cleaned_data
+        upload_file = data["file"]
+        try:
+            check_file_size(upload_file.size, Limits.from_settings())
+        except ValidationError as exc:
+            form.add_error("file", exc)
+            return self._import_page(request, form, None, None)
+        token, upload = save_upload(upload_file.chunks())
+        options = import_options(data)
+        if unpacked_size(upload) > int(import_setting("IMPORT_IN_REQUEST_BYTES")):
+            return self._queue(request, upload, upload_file.name, options, dry_run=True)
+        try:
+            result = import_contacts(
+                upload,
+                filename=upload_file.name,
+                dry_run=True,
+                preview_rows=int(import_setting("IMPORT_IN_REQUEST_ROWS")),
+                **options,
+            )
+        except ValidationError as exc:
+            upload.unlink(missing_ok=True)
+            form.add_error("file", exc)
+            return self._import_page(request, form, None, None)
+        if not result.complete:  # more rows than a request reads: the rest in the background
+            return self._queue(request, upload, upload_file.name, options, dry_run=True)
+        confirm_form = ContactImportConfirmForm(
+            initial={"token": token, "filename": upload_file.name, **confirm_options(result)}
+            | {"group": data["group"]}
+        )
         return self._import_page(request, form, confirm_form, result)
 
     def _import_confirmed(self, request: HttpRequest) -> HttpResponse:
-        """Import the checked upload named by the confirmation form, then back to the list."""
+        """Import the checked upload named by the confirmation form, then back to the list.
+        (Only a file checked whole in a request has a token: it is small.)"""
         confirm = ContactImportConfirmForm(request.POST)
         upload = upload_path(confirm.cleaned_data["token"]) if confirm.is_valid() else None
         if upload is None or not upload.exists():
@@ -84,16 +160,21 @@ class ContactImportMixin:
             upload.unlink(missing_ok=True)
         messages.success(request, import_summary(result))
         if result.skipped:
-            messages.warning(
-                request,
-                ngettext(
-                    "%(count)d bad row was skipped.",
-                    "%(count)d bad rows were skipped.",
-                    result.skipped,
-                )
-                % {"count": result.skipped},
-            )
+            messages.warning(request, skipped_message(result))
         return HttpResponseRedirect(self._import_changelist_url())
+
+    def _queue(
+        self,
+        request: HttpRequest,
+        upload: Path,
+        filename: str,
+        options: dict[str, Any],
+        dry_run: bool,
+    ) -> HttpResponse:
+        job = queue_job(
+            upload, filename=filename, options=options, dry_run=dry_run, user=request.user
+        )
+        return HttpResponseRedirect(self._import_job_url(job, "import_job"))
 
     def _import_page(
         self,
@@ -103,57 +184,153 @@ class ContactImportMixin:
         result: ImportResult | None,
     ) -> TemplateResponse:
         """The upload form, or the check's result with the form that confirms it."""
-        opts = self.opts  # type: ignore[attr-defined]
-        site = self.admin_site  # type: ignore[attr-defined]
         context = {
-            **site.each_context(request),
-            "title": _("Import contacts"),
-            "subtitle": None,
-            "opts": opts,
-            "app_label": opts.app_label,
+            **self._import_context(request, _("Import contacts")),
             "form": form,
             "confirm_form": confirm_form,
             "result": result,
+            "filename": confirm_form.initial.get("filename") if confirm_form else "",
             "errors_shown": result.errors[:ERRORS_SHOWN] if result else [],
-            "changelist_url": self._import_changelist_url(),
             "media": self.media + form.media,  # type: ignore[attr-defined]
         }
-        request.current_app = site.name
         return TemplateResponse(request, self.import_template, context)
 
-    def _import_changelist_url(self) -> str:
-        opts = self.opts  # type: ignore[attr-defined]
-        return reverse(f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_changelist")  # type: ignore[attr-defined]
-
-
-def check_upload(
-    form: ContactImportForm,
-) -> tuple[ImportResult | None, ContactImportConfirmForm | None]:
-    """Keep the valid form's file and dry-run the import on it: the result and the form that
-    confirms it, or ``(None, None)`` with the error on the form (and the file gone)."""
-    data = form.cleaned_data
-    upload_file = data["file"]
-    token, upload = save_upload(upload_file)
-    try:
-        result = import_contacts(
-            upload, filename=upload_file.name, dry_run=True, **import_options(data)
-        )
-    except ValidationError as exc:
-        upload.unlink(missing_ok=True)
-        form.add_error("file", exc)
-        return None, None
-    confirm_form = ContactImportConfirmForm(
-        initial={
-            "token": token,
-            "filename": upload_file.name,
-            "format": result.format,
-            "encoding": result.encoding or "",
-            # A tab is passed by name: hidden inputs keep it, people don't.
-            "delimiter": {"\t": "tab"}.get(result.delimiter or "", result.delimiter or ""),
-            "group": data["group"],
+    # --- background jobs ---------------------------------------------------------------
+    def import_job_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        """A background check or import: its progress, then its result. A finished check
+        offers the import (POST ``_confirm``), which is queued as a job of its own."""
+        job = self._get_job(request, job_id)
+        if request.method == "POST" and "_confirm" in request.POST:
+            return self._queue_checked_import(request, job)
+        result = ImportResult.from_dict(job.result) if job.result else None
+        title = _("Checking the file") if job.dry_run else _("Importing contacts")
+        context = {
+            **self._import_context(request, title),
+            "job": job,
+            "state": job_state(job),
+            "result": result if job.status == ImportJobStatus.DONE else None,
+            "filename": job.filename,
+            "errors_shown": result.errors[:ERRORS_SHOWN] if result else [],
+            "status_url": self._import_job_url(job, "import_job_status"),
+            "file_kept": Path(job.file_path).exists(),
         }
-    )
-    return result, confirm_form
+        return TemplateResponse(request, self.import_job_template, context)
+
+    def import_job_status_view(self, request: HttpRequest, job_id: int) -> JsonResponse:
+        """The job's progress as JSON, for its page to poll."""
+        return JsonResponse(job_state(self._get_job(request, job_id)))
+
+    def _queue_checked_import(self, request: HttpRequest, check: ImportJob) -> HttpResponse:
+        """Queue the import of a file a background check went through (once per check)."""
+        with transaction.atomic():
+            check = ImportJob.objects.select_for_update().get(pk=check.pk)
+            done = check.dry_run and check.status == ImportJobStatus.DONE
+            upload = Path(check.file_path)
+            if not done or not upload.exists():
+                messages.error(request, _("The uploaded file is gone: upload it again."))
+                return HttpResponseRedirect(reverse(self._import_url_name("import")))
+            if check.options.get("import_job"):  # confirmed already (a second click)
+                job = ImportJob.objects.get(pk=check.options["import_job"])
+            else:
+                options = {k: v for k, v in check.options.items() if k != "import_job"}
+                job = queue_job(
+                    upload,
+                    filename=check.filename,
+                    options=options | confirm_options(ImportResult.from_dict(check.result)),
+                    dry_run=False,
+                    user=request.user,
+                )
+                check.options = {**check.options, "import_job": job.pk}
+                check.save(update_fields=["options"])
+        return HttpResponseRedirect(self._import_job_url(job, "import_job"))
+
+    def _get_job(self, request: HttpRequest, job_id: int) -> ImportJob:
+        """The job, for a user who may import and started it (or a superuser)."""
+        if not self.has_import_permission(request):
+            raise PermissionDenied
+        job = get_object_or_404(ImportJob, pk=job_id)
+        if not (request.user.is_superuser or job.created_by_id == request.user.pk):
+            raise Http404
+        return job
+
+    # --- helpers -----------------------------------------------------------------------
+    def _import_context(self, request: HttpRequest, title: str) -> dict[str, Any]:
+        opts = self.opts  # type: ignore[attr-defined]
+        site = self.admin_site  # type: ignore[attr-defined]
+        request.current_app = site.name
+        return {
+            **site.each_context(request),
+            "title": title,
+            "subtitle": None,
+            "opts": opts,
+            "app_label": opts.app_label,
+            "changelist_url": self._import_changelist_url(),
+            "upload_url": reverse(self._import_url_name("import")),
+        }
+
+    def _import_url_name(self, view: str) -> str:
+        opts = self.opts  # type: ignore[attr-defined]
+        return f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_{view}"  # type: ignore[attr-defined]
+
+    def _import_job_url(self, job: ImportJob, view: str) -> str:
+        return reverse(self._import_url_name(view), args=[job.pk])
+
+    def _import_changelist_url(self) -> str:
+        return reverse(self._import_url_name("changelist"))
+
+
+def job_state(job: ImportJob) -> dict[str, Any]:
+    """What the job page shows, as JSON: status, counts, the part of the file read, and a
+    sentence for people."""
+    waiting = 0
+    if job.status == ImportJobStatus.QUEUED:
+        waiting = int((timezone.now() - job.created_at).total_seconds())
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "status_display": job.get_status_display(),
+        "dry_run": job.dry_run,
+        "finished": job.status in (ImportJobStatus.DONE, ImportJobStatus.FAILED),
+        "rows": job.rows,
+        "created": job.created,
+        "updated": job.updated,
+        "unchanged": job.unchanged,
+        "skipped": job.skipped,
+        "percent": None if job.fraction is None else round(job.fraction * 100),
+        "waiting_seconds": waiting,
+        "message": job_message(job, waiting),
+        "error": job.error,
+    }
+
+
+def job_message(job: ImportJob, waiting: int) -> str:
+    """One sentence on where the job is."""
+    if job.status == ImportJobStatus.QUEUED:
+        message = _("Queued — waiting for a worker.")
+        if job.result:
+            message = _("Queued again — a worker stopped; the next one goes on where it was.")
+        if waiting >= NO_WORKER_AFTER:
+            message += " " + _(
+                "No worker has taken it for %(seconds)d seconds: is “manage.py sms_worker” "
+                "(or Celery) running?"
+            ) % {"seconds": waiting}
+        return message
+    if job.status == ImportJobStatus.RUNNING:
+        size = filesizeformat(job.file_size)
+        if job.dry_run:
+            return _("Checking: %(rows)d rows read of a %(size)s file.") % {
+                "rows": job.rows,
+                "size": size,
+            }
+        return _("Importing: %(rows)d rows read of a %(size)s file.") % {
+            "rows": job.rows,
+            "size": size,
+        }
+    if job.status == ImportJobStatus.FAILED:
+        return _("The file was not imported: %(error)s") % {"error": job.error}
+    if job.dry_run:
+        return _("Checked: %(rows)d rows.") % {"rows": job.rows}
+    return import_summary(ImportResult.from_dict(job.result or {}))
 
 
 def import_options(data: dict[str, Any]) -> dict[str, Any]:
@@ -166,31 +343,39 @@ def import_options(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save_upload(upload_file: UploadedFile) -> tuple[str, Path]:
-    """Write the upload to a temporary file until it is imported: its token and path."""
-    remove_stale_uploads()
-    token = secrets.token_urlsafe(18)
-    upload = upload_path(token)
-    with open(upload, "wb") as out:
-        for chunk in upload_file.chunks():
-            out.write(chunk)
-    return token, upload
+def confirm_options(result: ImportResult) -> dict[str, str]:
+    """What the check detected, for the import that follows it."""
+    return {
+        "format": result.format,
+        "encoding": result.encoding or "",
+        # A tab is passed by name: hidden inputs keep it, people don't.
+        "delimiter": {"\t": "tab"}.get(result.delimiter or "", result.delimiter or ""),
+    }
 
 
-def upload_path(token: str) -> Path:
-    """Where the upload with ``token`` is kept."""
-    return Path(tempfile.gettempdir()) / f"{UPLOAD_PREFIX}{token}"
+def unpacked_size(upload: Path) -> int:
+    """The bytes an import reads: the file's, or the sum of an XLSX archive's parts."""
+    try:
+        with zipfile.ZipFile(upload) as archive:
+            return sum(part.file_size for part in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return upload.stat().st_size
 
 
-def remove_stale_uploads(max_age: float = UPLOAD_MAX_AGE) -> None:
-    """Delete uploads older than ``max_age`` seconds: checked but never imported."""
-    cutoff = time.time() - max_age
-    for upload in Path(tempfile.gettempdir()).glob(f"{UPLOAD_PREFIX}*"):
-        try:
-            if upload.stat().st_mtime < cutoff:
-                upload.unlink()
-        except OSError:
-            continue
+def _request_too_big(request: HttpRequest) -> str:
+    """The error for a POST whose body is bigger than the import's file limit, else ""."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return ""
+    limits = Limits.from_settings()
+    if length <= limits.max_file_bytes + FORM_OVERHEAD_BYTES:
+        return ""
+    try:
+        check_file_size(length - FORM_OVERHEAD_BYTES, limits)
+    except ValidationError as exc:
+        return " ".join(exc.messages)
+    return ""
 
 
 def import_summary(result: ImportResult) -> str:
@@ -198,3 +383,9 @@ def import_summary(result: ImportResult) -> str:
     return _(
         "Import done: %(created)d new contacts, %(updated)d updated, %(unchanged)d unchanged."
     ) % {"created": result.created, "updated": result.updated, "unchanged": result.unchanged}
+
+
+def skipped_message(result: ImportResult) -> str:
+    return ngettext(
+        "%(count)d bad row was skipped.", "%(count)d bad rows were skipped.", result.skipped
+    ) % {"count": result.skipped}

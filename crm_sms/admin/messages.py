@@ -1,21 +1,57 @@
 """Messages and their events: the read-only log the outbox and the delivery reports write, with
-"Resend failed messages" (through :func:`crm_sms.outbox.resend_message`)."""
+"Resend…" (a confirmation page first: :mod:`.resend`, then
+:func:`crm_sms.outbox.resend_message`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.translation import gettext_lazy, ngettext
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy
 
-from .. import outbox
 from ..backends import provider_choices
 from ..models import Message, MessageEvent, MessageStatus
 from .common import SEND_SMS_PERMISSION
 from .contacts import PhoneSearchMixin
+from .resend import resend_selected
+
+#: The status column's colours: green done, blue on its way, red failed, amber uncertain.
+STATUS_COLOURS = {
+    MessageStatus.QUEUED: "#666",
+    MessageStatus.SENDING: "#417690",
+    MessageStatus.SENT: "#417690",
+    MessageStatus.DELIVERED: "#2e7d32",
+    MessageStatus.UNDELIVERED: "#ba2121",
+    MessageStatus.FAILED: "#ba2121",
+    MessageStatus.CANCELLED: "#666",
+    MessageStatus.UNCERTAIN: "#b35c00",
+}
+
+#: What a status means for what happens next, on the message page.
+STATUS_EXPLAINED = {
+    MessageStatus.UNCERTAIN: gettext_lazy(
+        "Uncertain whether sent: the answer to the last attempt was lost after the request may "
+        "have reached the provider (a timeout, a connection dropped, a server error), and this "
+        "provider can neither drop a repeat nor be asked whether it has the message. The "
+        "subscriber may or may not have got it. It is never sent again by itself: “Resend…” "
+        "asks you to confirm, because the subscriber may then get the SMS twice. A delivery "
+        "report from the provider settles it."
+    ),
+    MessageStatus.FAILED: gettext_lazy(
+        "Failed: refused by the provider, or its retries ran out. “Resend…” sends it again "
+        "with the same message id."
+    ),
+}
+#: Added when the last attempt may have reached the provider (``maybe_sent``).
+MAYBE_SENT_EXPLAINED = gettext_lazy(
+    "The answer to the last attempt was lost: the provider may have this message. It is sent "
+    "again only if the provider drops a repeat of its id, says it does not have it, or you "
+    "confirm."
+)
 
 
 class ProviderFilter(admin.SimpleListFilter):
@@ -65,7 +101,7 @@ class MessageEventInline(admin.TabularInline):
 class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
     list_display = (
         "phone",
-        "status",
+        "status_badge",
         "campaign",
         "provider",
         "short_text",
@@ -94,7 +130,9 @@ class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
         "provider",
         "msg_id",
         "provider_message_id",
-        "status",
+        "status_badge",
+        "status_explained",
+        "maybe_sent",
         "error_code",
         "error_message",
         "attempts",
@@ -116,37 +154,32 @@ class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
     def short_text(self, message: Message) -> str:
         return message.text if len(message.text) <= 40 else message.text[:39] + "…"
 
-    @admin.action(description=gettext_lazy("Resend failed messages"), permissions=["send_sms"])
-    def resend_action(self, request: HttpRequest, queryset: QuerySet) -> None:
-        failed = queryset.filter(status=MessageStatus.FAILED)
-        done, errors = 0, []
-        for message in failed:
-            try:
-                outbox.resend_message(message)
-            except ValidationError as exc:
-                errors.append(f"{message}: {' '.join(exc.messages)}")
-            else:
-                done += 1
-        skipped = queryset.exclude(status=MessageStatus.FAILED).count()
-        self.message_user(
-            request,
-            ngettext("%(count)d message queued again.", "%(count)d messages queued again.", done)
-            % {"count": done},
-            messages.SUCCESS if done else messages.WARNING,
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_badge(self, message: Message) -> str:
+        colour = STATUS_COLOURS.get(message.status, "inherit")
+        weight = "bold" if message.status == MessageStatus.UNCERTAIN else "normal"
+        return format_html(
+            '<span class="crm-sms-status crm-sms-status-{}" style="color: {}; font-weight: {}">'
+            "{}</span>",
+            message.status,
+            colour,
+            weight,
+            message.get_status_display(),
         )
-        if skipped:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d message was not failed and was left as is.",
-                    "%(count)d messages were not failed and were left as is.",
-                    skipped,
-                )
-                % {"count": skipped},
-                messages.WARNING,
-            )
-        for error in errors:
-            self.message_user(request, error, messages.ERROR)
+
+    @admin.display(description=gettext_lazy("what it means"))
+    def status_explained(self, message: Message) -> str:
+        texts = [str(STATUS_EXPLAINED.get(message.status, ""))]
+        if message.maybe_sent and message.status != MessageStatus.UNCERTAIN:
+            texts.append(str(MAYBE_SENT_EXPLAINED))
+        return " ".join(t for t in texts if t) or "—"
+
+    @admin.action(
+        description=gettext_lazy("Resend failed or uncertain messages…"), permissions=["send_sms"]
+    )
+    def resend_action(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
+        """A confirmation page says what will happen; its POST does it (``resend.py``)."""
+        return resend_selected(self, request, queryset)
 
 
 class MessageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):

@@ -4,14 +4,20 @@ A backend turns an ``OutgoingSMS`` into a ``SendResult`` and a provider's delive
 ``DeliveryReport``s. It never touches the database: the outbox (``crm_sms.outbox``) and the
 report handling (``crm_sms.reports``) do, so a backend is easy to write and to test. The
 exceptions live in ``crm_sms.exceptions`` (re-exported here for backends' convenience).
+
+Every backend takes ``?price=`` (of one SMS part, a decimal) and ``?currency=`` (ISO 4217,
+``RUB`` by default) for the cost estimates of ``crm_sms.costs``; one whose provider reports
+the account's money implements ``balance() -> Balance`` (``supports_balance`` then says so).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.core import checks
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
     from ..conf import SMSURL
 
 __all__ = [
+    "Balance",
     "BaseBackend",
     "CallbackError",
     "CallbackForbidden",
@@ -105,6 +112,33 @@ class DeliveryReport:
     raw: Any = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class Balance:
+    """The money on a provider account (``BaseBackend.balance``)."""
+
+    amount: Decimal
+    currency: str  # ISO 4217: "RUB", "USD"
+
+
+def to_price(value: Any) -> Decimal:
+    """A price: a decimal number (``1.95``; a comma is read as the decimal point), not below 0."""
+    try:
+        price = Decimal(str(value).strip().replace(",", "."))
+    except InvalidOperation as exc:
+        raise ValueError("is not a decimal number (e.g. 1.95)") from exc
+    if not price.is_finite() or price < 0:
+        raise ValueError("is not a price of 0 or more (e.g. 1.95)")
+    return price
+
+
+def to_currency(value: Any) -> str:
+    """An ISO 4217 currency code: three Latin letters, upper-cased (``rub`` -> ``RUB``)."""
+    code = str(value).strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise ValueError("is not a three-letter ISO 4217 currency code (e.g. RUB, USD)")
+    return code
+
+
 class BaseBackend:
     """Subclass and implement ``send``; the rest is optional."""
 
@@ -121,7 +155,11 @@ class BaseBackend:
     #: The options this class adds (``option_table`` merges those of the base classes).
     declared_options: ClassVar[tuple[Option, ...]] = (
         Option("sender", str, "", "the default sender name"),
+        Option("price", to_price, None, "the price of one SMS part, e.g. 1.95 (cost estimates)"),
+        Option("currency", to_currency, "RUB", "the price's ISO 4217 currency (RUB, USD...)"),
     )
+    #: Whether ``balance()`` can ask the provider (set for a subclass that defines it).
+    supports_balance: ClassVar[bool] = False
     #: The options an ``SMS_URL``'s user and password parts fill (None: the URL has none).
     url_user_option: ClassVar[str | None] = None
     url_password_option: ClassVar[str | None] = None
@@ -236,6 +274,18 @@ class BaseBackend:
 
     #: Set to a method ``query_status(messages) -> list[DeliveryReport]`` for pollable providers.
     query_status = None
+
+    # --- money ---------------------------------------------------------------------------
+    def balance(self) -> Balance:
+        """The money on the account. Raise ``ProviderError`` when the provider cannot say;
+        NotImplementedError where it has no balance request (``supports_balance`` False)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read the account's balance")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class that defines balance() supports it, unless it says otherwise.
+        if "balance" in vars(cls) and "supports_balance" not in vars(cls):
+            cls.supports_balance = True
 
     # --- housekeeping --------------------------------------------------------------------
     def check(self) -> list[checks.CheckMessage]:

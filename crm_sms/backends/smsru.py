@@ -11,6 +11,7 @@ Unlike MegaFon, SMS.RU
 - takes up to 100 recipients in one ``POST /sms/send`` (``to`` comma-separated with one ``msg``, or
   ``multi[<phone>]=<text>`` when texts differ) and answers per number;
 - can be polled: ``/sms/status`` with up to 100 ``sms_id``s (``query_status``);
+- tells the account's balance in rubles: ``/my/balance`` (``balance()``);
 - posts reports to one callback URL set in its control panel (not per message): paste
   ``backend.callback_url()`` there. The reports are signed:
   ``hash = sha256(api_id + "".join(data[]))``; a mismatch is refused (403), and the answer must be
@@ -28,6 +29,7 @@ import hashlib
 import hmac
 import re
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.core import checks
@@ -37,7 +39,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import CallbackError, CallbackForbidden, ConfigurationError, ProviderError
-from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, SendResult, SendStatus
+from .base import Balance, DeliveryReport, DeliveryStatus, OutgoingSMS, SendResult, SendStatus
 from .http import Answer, HTTPBackend, HTTPRequest
 from .options import Option
 
@@ -150,6 +152,7 @@ class SmsRuBackend(HTTPBackend):
     display_name = "SMS.RU"
     max_batch_size = MAX_RECIPIENTS
     supports_callbacks = True
+    supports_balance = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL
     declared_options = (
@@ -288,6 +291,22 @@ class SmsRuBackend(HTTPBackend):
                     )
                 )
         return reports
+
+    def balance(self) -> Balance:
+        """The account's balance (``/my/balance``, in rubles); ProviderError when SMS.RU cannot
+        be reached or refuses (a wrong api_id: 200)."""
+        self._require_api_id()
+        fields = {"api_id": self.api_id, "json": "1"}
+        answer = self.post(HTTPRequest(self.base_url + "/my/balance", data=fields))
+        payload = answer.data
+        if not isinstance(payload, dict):
+            raise self.unexpected_answer(answer)
+        if payload.get("status") != "OK":
+            raise self._refused_query(payload)
+        try:
+            return Balance(Decimal(str(payload["balance"])), "RUB")
+        except (KeyError, InvalidOperation) as exc:
+            raise self.unexpected_answer(answer) from exc
 
     def _refused_query(self, payload: dict[str, Any]) -> ProviderError:
         code = _code(payload.get("status_code"))

@@ -22,6 +22,8 @@ lcab.smsprofi.ru and lcab.sms-sending.ru):
 - ``POST /API/XML/report.php`` with ``<login/><password/><smsid/>`` answers code 1 and a
   ``<detail>`` that lists the numbers by state (``STATES``): ``enqueued``, ``onModer``,
   ``process``, ``waiting``, ``delivered``, ``notDelivered``, ``cancel``.
+- ``POST /API/XML/balance.php`` with ``<login/><password/>`` answers code 1 and
+  ``<account>`` (the money on the account, in rubles): ``balance()``.
 
 Never twice: SMS-Uslugi is not known to refuse a repeated ``smsid``, but ``report.php`` can be
 asked about ours, so ``retry_safety`` is ``LOOKUP``. Not confirmed: what ``report.php`` answers
@@ -34,6 +36,7 @@ or entity declarations (``safexml.parse_xml``).
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
@@ -45,7 +48,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import ProviderError
-from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
+from .base import (
+    Balance,
+    DeliveryReport,
+    DeliveryStatus,
+    OutgoingSMS,
+    RetrySafety,
+    SendResult,
+    SendStatus,
+)
 from .http import Answer, HTTPBackend, HTTPRequest
 from .options import Option
 from .safexml import parse_xml
@@ -53,6 +64,7 @@ from .safexml import parse_xml
 DEFAULT_BASE_URL = "https://lcab.sms-uslugi.ru"
 SEND_PATH = "/API/XML/send.php"
 REPORT_PATH = "/API/XML/report.php"
+BALANCE_PATH = "/API/XML/balance.php"
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
 SMSID_MAX_LENGTH = 21
 SENDER_MAX_LENGTH = 11
@@ -169,6 +181,7 @@ class SmsUslugiBackend(HTTPBackend):
     display_name = "SMS-Uslugi"
     # report.php can be asked about our smsid (the msg_id) before a resend.
     retry_safety = RetrySafety.LOOKUP
+    supports_balance = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL
     declared_options = (
@@ -295,9 +308,10 @@ class SmsUslugiBackend(HTTPBackend):
         return [SendResult(S.ACCEPTED, provider_message_id=str(smsid), raw=raw)]
 
     # --- reports -------------------------------------------------------------------------
-    def report(self, smsid: str) -> ElementTree.Element:
-        """report.php's ``<data>`` for ``smsid`` (code 1); ProviderError for anything else."""
-        answer = self.post(self.xml_request(REPORT_PATH, {"smsid": smsid}))
+    def ask(self, path: str, fields: dict[str, str], what: str) -> ElementTree.Element:
+        """The ``<data>`` answer (code 1) to a request of ``fields`` to ``path``; ProviderError
+        for anything else (``what`` names the request in its message)."""
+        answer = self.post(self.xml_request(path, fields))
         root = self.read_xml(answer)
         if root is None:
             raise self.unexpected_answer(answer)
@@ -310,8 +324,25 @@ class SmsUslugiBackend(HTTPBackend):
                 error_message=message,
                 raw=self.redact(element_dict(root)),
             )
-            raise ProviderError(f"{self.display_name} report for {smsid}: {message}", result)
+            raise ProviderError(f"{self.display_name} {what}: {message}", result)
         return root
+
+    def report(self, smsid: str) -> ElementTree.Element:
+        """report.php's ``<data>`` for ``smsid`` (code 1); ProviderError for anything else."""
+        return self.ask(REPORT_PATH, {"smsid": smsid}, f"report for {smsid}")
+
+    def balance(self) -> Balance:
+        """The account's money (balance.php's ``<account>``, in rubles); ProviderError when
+        SMS-Uslugi cannot say."""
+        root = self.ask(BALANCE_PATH, {}, "balance")
+        try:
+            return Balance(Decimal((root.findtext("account") or "").strip()), "RUB")
+        except InvalidOperation as exc:
+            result = SendResult(
+                S.RETRY, error_code="bad_response", raw=self.redact(element_dict(root))
+            )
+            message = f"{self.display_name}'s balance answer has no amount"
+            raise ProviderError(message, result) from exc
 
     def query_status(self, messages) -> list[DeliveryReport]:
         """One report.php request per message (by its smsid); a message whose mailing lists no

@@ -61,6 +61,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import CallbackError, CallbackForbidden, ProviderError
 from .base import (
+    Balance,
     DeliveryReport,
     DeliveryStatus,
     OutgoingSMS,
@@ -111,12 +112,8 @@ class InboundMessage:
     raw: Any = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class AccountBalance:
-    """The account's balance (``TwilioBackend.balance``)."""
-
-    amount: Decimal
-    currency: str
+#: The older name of ``base.Balance``, which ``TwilioBackend.balance`` returns.
+AccountBalance = Balance
 
 
 def signature(token: str, url: str, params: list[tuple[str, str]]) -> str:
@@ -179,6 +176,7 @@ class TwilioBackend(HTTPBackend):
     # decides after an ambiguous failure (see lookup_sent).
     retry_safety = RetrySafety.NONE
     supports_callbacks = True
+    supports_balance = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL
     declared_options = (
@@ -393,7 +391,7 @@ class TwilioBackend(HTTPBackend):
                 return SendResult(S.ACCEPTED, provider_message_id=sid, raw=self.redact(item))
         return None
 
-    def balance(self) -> AccountBalance:
+    def balance(self) -> Balance:
         """The account's balance (``Balance.json``); ProviderError when Twilio cannot say."""
         answer = self.get("/Balance.json")
         data = answer.data if isinstance(answer.data, dict) else {}
@@ -403,7 +401,7 @@ class TwilioBackend(HTTPBackend):
             amount = Decimal(str(data["balance"]))
         except InvalidOperation as exc:
             raise self.unexpected_answer(answer) from exc
-        return AccountBalance(amount, str(data.get("currency") or ""))
+        return Balance(amount, str(data.get("currency") or "USD").upper())
 
     # --- callbacks and incoming messages -------------------------------------------------
     def verify_signature(self, request: HttpRequest) -> None:

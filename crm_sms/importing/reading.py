@@ -4,6 +4,9 @@
   or tab, detected from the header line. XLSX: the first sheet. Explicit options override.
 - A file that cannot be read as a whole (empty, old .xls, unknown encoding, a line that does not
   decode or is not CSV) raises ValidationError naming the line where it can.
+- Bounded work whatever the file claims (:mod:`.limits`): its size, an XLSX's unpacked size and
+  compression ratio are checked before anything is unpacked; an XLSX row is read only as wide
+  as the columns used, and only the rows the sheet has (its ``<dimension>`` is ignored).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import csv
 import io
 import os
 import re
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -21,10 +25,13 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
 from .cleaning import cell_text
+from .limits import XLSX_MAX_ROW, Limits, check_archive, check_file_size, row_beyond_sheet
 
 CSV = "csv"
 XLSX = "xlsx"
 FORMATS = (CSV, XLSX)
+#: The column titles are the first non-blank row among the first this many of a sheet.
+HEADER_SEARCH_ROWS = 100
 DELIMITERS = {
     ",": ",",
     ";": ";",
@@ -87,14 +94,23 @@ def parse_delimiter(value: str | None) -> str | None:
 
 @dataclass
 class Table:
-    """A file opened for import: what was detected, the titles, and the rows with line numbers."""
+    """A file opened for import: what was detected, the titles, and the rows with line numbers.
+
+    ``rows(width)`` yields ``(line, values)`` for every row after the titles; ``width`` says how
+    many columns the caller uses (an XLSX row is read no wider). ``fraction()`` is how much of
+    the file has been read, 0 to 1, when the format tells (CSV), else None.
+    """
 
     format: str
     headers: list[str]
-    rows: Iterator[tuple[int, list[Any]]]
+    read_rows: Callable[[int | None], Iterator[tuple[int, Sequence[Any]]]]
     encoding: str | None = None
     delimiter: str | None = None
     close: Callable[[], None] = lambda: None
+    fraction: Callable[[], float | None] = lambda: None
+
+    def rows(self, width: int | None = None) -> Iterator[tuple[int, Sequence[Any]]]:
+        return self.read_rows(width)
 
 
 def open_table(
@@ -104,11 +120,14 @@ def open_table(
     format: str | None = None,
     encoding: str | None = None,
     delimiter: str | None = None,
+    limits: Limits | None = None,
 ) -> Table:
     """Open ``source`` (bytes, a path or a binary file) as a table, detecting what is not given.
 
-    Raises ValidationError for an empty or unreadable file.
+    Raises ValidationError for an empty or unreadable file, and for one over the ``limits``
+    (the settings' by default): its size, and an XLSX's unpacked size and compression ratio.
     """
+    limits = limits or Limits.from_settings()
     if isinstance(source, str | os.PathLike):
         filename = filename or str(source)
         stream: BinaryIO = open(source, "rb")  # noqa: SIM115 (closed by Table.close)
@@ -116,57 +135,87 @@ def open_table(
         stream = io.BytesIO(source)
     else:
         stream = source
-    sample = stream.read(65536)
-    stream.seek(0)
-    if not sample:
+    try:
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        check_file_size(size, limits)
+        sample = stream.read(65536)
+        stream.seek(0)
+        if not sample:
+            raise ValidationError(_("The file is empty."), code="empty_file")
+        fmt = (format or "").lower() or detect_format(sample, filename)
+        if fmt not in FORMATS:
+            raise ValidationError(
+                _("Unknown format %(format)r: use csv or xlsx.") % {"format": format},
+                code="format",
+            )
+    except ValidationError:
         stream.close()
-        raise ValidationError(_("The file is empty."), code="empty_file")
-    fmt = (format or "").lower() or detect_format(sample, filename)
-    if fmt not in FORMATS:
-        stream.close()
-        raise ValidationError(
-            _("Unknown format %(format)r: use csv or xlsx.") % {"format": format}, code="format"
-        )
+        raise
     if fmt == XLSX:
-        return _open_xlsx(stream)
-    return _open_csv(stream, sample, encoding, parse_delimiter(delimiter))
+        return _open_xlsx(stream, limits)
+    return _open_csv(stream, sample, encoding, parse_delimiter(delimiter), size)
 
 
-def _open_xlsx(stream: BinaryIO) -> Table:
-    import zipfile
-
+def _open_xlsx(stream: BinaryIO, limits: Limits) -> Table:
     import openpyxl
 
     try:
+        check_archive(stream, limits)  # before openpyxl unpacks a byte
         book = openpyxl.load_workbook(stream, read_only=True, data_only=True)
+    except ValidationError:
+        stream.close()
+        raise
     except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
         stream.close()
         raise ValidationError(
             _("The file cannot be read as an Excel workbook (.xlsx): %(error)s") % {"error": exc},
             code="bad_xlsx",
         ) from exc
-    sheet = book.worksheets[0]
-    rows = sheet.iter_rows(values_only=True)
-    headers: list[str] = []
-    header_line = 0
-    for header_line, values in enumerate(rows, start=1):  # noqa: B007 (used below)
-        if any(v not in (None, "") for v in values):
-            headers = [cell_text(v) for v in values]
-            break
-
-    def data_rows() -> Iterator[tuple[int, list[Any]]]:
-        for line, values in enumerate(rows, start=header_line + 1):
-            yield line, list(values)
 
     def close() -> None:
         book.close()
         stream.close()
 
-    return Table(XLSX, headers, data_rows(), close=close)
+    sheet = book.worksheets[0]
+    # The size a sheet claims (<dimension ref="A1:XFD1048576"/>) is not trusted: openpyxl pads
+    # every row to its width and adds empty rows up to its last row. Without it, a row is as
+    # wide as the caller asks and the rows are those the sheet has.
+    sheet.reset_dimensions()
+    try:
+        headers, header_line = _xlsx_headers(sheet)
+    except ValidationError:
+        close()
+        raise
+
+    def data_rows(width: int | None) -> Iterator[tuple[int, Sequence[Any]]]:
+        width = min(width or len(headers), len(headers))
+        if not width:
+            return
+        rows = sheet.iter_rows(min_row=header_line + 1, max_col=width, values_only=True)
+        for line, values in enumerate(rows, start=header_line + 1):
+            if line > XLSX_MAX_ROW:
+                raise row_beyond_sheet(line)
+            yield line, values
+
+    return Table(XLSX, headers, data_rows, close=close)
+
+
+def _xlsx_headers(sheet: Any) -> tuple[list[str], int]:
+    """The first non-blank row of the first HEADER_SEARCH_ROWS, as titles (trailing blank
+    cells dropped), and its line; ``([], 0)`` when there is none."""
+    rows = sheet.iter_rows(max_row=HEADER_SEARCH_ROWS, values_only=True)
+    for line, values in enumerate(rows, start=1):
+        titles = [cell_text(v) for v in values]
+        while titles and not titles[-1]:
+            titles.pop()
+        if titles:
+            return titles, line
+    return [], 0
 
 
 def _open_csv(
-    stream: BinaryIO, sample: bytes, encoding: str | None, delimiter: str | None
+    stream: BinaryIO, sample: bytes, encoding: str | None, delimiter: str | None, size: int
 ) -> Table:
     encoding = encoding or detect_encoding(sample)
     try:
@@ -189,7 +238,7 @@ def _open_csv(
     if headers and headers[0].startswith("\ufeff"):
         headers[0] = headers[0].lstrip("\ufeff")
 
-    def data_rows() -> Iterator[tuple[int, list[Any]]]:
+    def data_rows(width: int | None) -> Iterator[tuple[int, list[Any]]]:
         line = reader.line_num
         while True:
             try:
@@ -202,8 +251,17 @@ def _open_csv(
             yield line + 1, values
             line = reader.line_num
 
+    def fraction() -> float:
+        return min(stream.tell() / size, 1.0) if size else 1.0
+
     return Table(
-        CSV, headers, data_rows(), encoding=encoding, delimiter=delimiter, close=text.close
+        CSV,
+        headers,
+        data_rows,
+        encoding=encoding,
+        delimiter=delimiter,
+        close=text.close,
+        fraction=fraction,
     )
 
 

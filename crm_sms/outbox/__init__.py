@@ -6,15 +6,19 @@ One module per job:
   everything first, then insert ``Message`` rows (``queued``, a fresh ``msg_id``) in bulk;
   ``recipients`` holds the recipient selection the preview and the campaign share.
 - ``controls``: pause, resume, cancel, retry failed, resend one message, start scheduled
-  campaigns, complete finished ones.
+  campaigns, complete finished ones; ``resending`` says what a resend or a retry would do
+  (same row and msg_id; uncertain ones only with a confirmation), for the admin's pages.
 - ``claiming``: due messages, claiming them (``queued`` -> ``sending`` with ``claimed_at``;
   PostgreSQL ``SKIP LOCKED``, SQLite one writer), taking back claims older than CLAIM_TIMEOUT.
 - ``worker``: ``Outbox`` (``run_worker``, ``dispatch_due``, the Celery task) sends claimed
   messages from a thread pool (``pool``: the provider gate, rate limits, one request per
-  message or per ``send_many`` group) and writes results in batches.
+  message or per ``send_many`` group; ``lookups``: asking the provider first after an
+  ambiguous failure) and writes results in batches.
 - ``results``: what each result does to its message (sent, failed, or queued again with
   exponential backoff and jitter, always with the same ``msg_id``, until MAX_ATTEMPTS), written
-  in bulk; a provider-wide failure pauses the campaign after at most PAUSE_AFTER requests.
+  in bulk; a provider-wide failure pauses the campaign after at most PAUSE_AFTER requests;
+  after an ambiguous failure with a provider that can neither drop a repeat nor be asked, the
+  message is ``uncertain`` and never sent again without an operator.
 
 Every status change goes through ``crm_sms.transitions`` (docs/statuses.md).
 """

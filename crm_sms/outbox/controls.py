@@ -27,6 +27,7 @@ from ..models import (
     MessageStatus,
 )
 from ..transitions import Actor, MessageMove, move_campaigns, move_messages
+from . import resending
 from .recipients import opted_out_error
 
 logger = logging.getLogger("crm_sms.outbox")
@@ -54,8 +55,12 @@ def complete_finished_campaigns(
 
 
 def pause_campaign(campaign: Campaign, reason: str = "") -> bool:
-    """Stop claiming the campaign's messages (those in flight finish). True if it was paused
-    now; a campaign that is not running or scheduled is left alone."""
+    """Stop claiming the campaign's messages. True if it was paused now; a campaign that is
+    not running or scheduled is left alone.
+
+    No claim that starts after this commits takes its messages (the claim reads the
+    campaign's status itself, ``claiming.due_messages``); messages already claimed finish, and
+    those that come back (a retry, an expired claim) stay ``queued``, not due until resumed."""
     moved = move_campaigns(
         [campaign.pk], CampaignStatus.PAUSED, actor=Actor.OPERATOR, pause_reason=reason
     )
@@ -99,8 +104,12 @@ def _move_campaign_messages(
 
 
 def cancel_campaign(campaign: Campaign) -> int:
-    """Cancel the campaign: its unsent (queued) messages become ``cancelled``. Messages already
-    in flight finish. Returns how many messages were cancelled."""
+    """Cancel the campaign, for good: its unsent (queued) messages become ``cancelled``.
+    Messages in flight finish; those the provider does not accept (a retry, a claim given back
+    or expired) become ``cancelled`` too, never ``queued`` (``claiming.settle_cancelled``).
+    The campaign row is locked first, then its messages: the order every writer that looks at
+    the campaign's status keeps (``claiming.lock_campaigns``). Returns how many messages were
+    cancelled now."""
     now = timezone.now()
     with transaction.atomic():
         move_campaigns(
@@ -113,22 +122,43 @@ def cancel_campaign(campaign: Campaign) -> int:
             _("Campaign cancelled"),
             now,
         )
+        # Uncertain ones too (UNCERTAIN): nobody is to be asked to resend them any more.
+        count += _move_campaign_messages(
+            Message.objects.filter(campaign_id=campaign.pk),
+            MessageStatus.UNCERTAIN,
+            MessageStatus.CANCELLED,
+            _("Campaign cancelled"),
+            now,
+        )
     campaign.refresh_from_db()
     return count
 
 
-def retry_failed(campaign: Campaign) -> int:
-    """Queue the campaign's failed messages again (same msg_id, attempts reset) and set a
-    completed or cancelled campaign running again. Returns how many were queued."""
+def retry_failed(campaign: Campaign, *, seen_at: datetime | None = None) -> int:
+    """Queue the campaign's failed messages again (same row and msg_id, attempts reset) and set
+    a completed or cancelled campaign running again. Returns how many were queued.
+
+    Never an ``uncertain`` message, one already queued or sent, one of an opted-out contact, or
+    a failed one whose last attempt may have reached a provider that can neither drop a repeat
+    nor be asked (``maybe_sent``): those are resent one by one, with a confirmation.
+    ``seen_at``: when the confirmation page was shown; a message that changed since (queued by
+    a first click, failed again) is left, so a second POST of the same form does nothing."""
     now = timezone.now()
+    failed = Message.objects.filter(campaign_id=campaign.pk).exclude(
+        contact_id__in=Contact.objects.filter(opted_out=True).values("pk")
+    )
+    if seen_at is not None:
+        failed = failed.filter(updated_at__lte=seen_at)
+    maybe = failed.filter(status=MessageStatus.FAILED, maybe_sent=True).values_list("provider")
+    unsafe = resending.unsafe_providers(alias for (alias,) in maybe.distinct())
+    if unsafe:
+        failed = failed.exclude(maybe_sent=True, provider__in=unsafe)
     with transaction.atomic():
         count = _move_campaign_messages(
-            Message.objects.filter(campaign_id=campaign.pk).exclude(
-                contact_id__in=Contact.objects.filter(opted_out=True).values("pk")
-            ),
+            failed,
             MessageStatus.FAILED,
             MessageStatus.QUEUED,
-            _("Queued again after failure"),
+            _("Queued again after failure (same msg_id)"),
             now,
             attempts=0,
             next_attempt_at=now,
@@ -148,56 +178,89 @@ def retry_failed(campaign: Campaign) -> int:
     return count
 
 
-def resend_message(message: Message) -> Message:
-    """Send a message again and return the Message that will be sent.
+def resend_message(
+    message: Message, *, confirmed: bool = False, token: str | None = None, by: str = ""
+) -> Message:
+    """Send ``message`` again: its own row is queued again with the same msg_id (there is
+    never a second copy). Returns it, refreshed. The rules are ``resending.judge``'s:
 
-    If the provider never accepted it (``failed``/``cancelled``, no provider id), a new Message
-    with a new msg_id is queued (the old one stays as history). If the provider did accept it,
-    the same row is queued again with the same msg_id: the provider's de-duplication answers
-    "already accepted", so the subscriber never gets a second copy from this system.
-    """
-    message.refresh_from_db()
-    if message.status in ACTIVE_STATUSES:
-        raise ValidationError(_("This message is already waiting to be sent."), code="active")
-    if message.contact_id and Contact.objects.filter(pk=message.contact_id, opted_out=True):
-        raise opted_out_error(message.phone)
+    - a provider that drops repeats of our id (MegaFon) drops it if it had it; one that can be
+      asked is asked first; a definite refusal is resent as a new attempt with the same id;
+    - a message that may already be at a provider that can do neither (``uncertain``) needs
+      ``confirmed=True``: the subscriber may get it twice;
+    - ``token`` (``resending.state_token`` as the confirmation page showed it): the row is
+      moved only while still in that state, so a repeated POST does nothing.
+
+    Raises ValidationError (code ``active``, ``opted_out``, ``campaign_cancelled``,
+    ``not_resendable``, ``needs_confirmation`` or ``changed``) and changes nothing then.
+    ``by``: who asked, for the event."""
     now = timezone.now()
-    accepted = bool(message.provider_message_id or message.sent_at) or message.status not in (
-        MessageStatus.FAILED,
-        MessageStatus.CANCELLED,
-    )
     with transaction.atomic():
-        if accepted:
-            move = MessageMove(
-                message,
-                MessageStatus.QUEUED,
-                EventSource.ADMIN,
-                {"attempts": 0, "next_attempt_at": now, "claimed_at": None},
-                description=_("Resend requested (same msg_id)"),
+        locked = Message.objects.select_for_update().get(pk=message.pk)
+        if token is not None and resending.state_token(locked) != token:
+            raise ValidationError(
+                _("It changed since the confirmation page was shown; left as is."), code="changed"
             )
-            if not move_messages([move], now=now, where=()):
-                message.refresh_from_db()  # it moved meanwhile: report what it is now
-            result = message
-        else:
-            result = Message.objects.create(
-                campaign_id=message.campaign_id,
-                contact_id=message.contact_id,
-                phone=message.phone,
-                text=message.text,
-                sender=message.sender,
-                provider=message.provider,
-                segments=message.segments,
-                status=MessageStatus.QUEUED,
+        verdict, code = _judge_resend(locked)
+        if verdict is resending.Verdict.LEFT:
+            if code == "opted_out":
+                raise opted_out_error(locked.phone)
+            raise ValidationError(resending.REASONS[code], code=code)
+        if verdict is resending.Verdict.CONFIRM and not confirmed:
+            raise ValidationError(
+                _("Not resent without an explicit confirmation: %(reason)s.")
+                % {"reason": resending.REASONS[code]},
+                code="needs_confirmation",
             )
-        if message.campaign_id:
+        _requeue(locked, verdict, now, by)
+        if locked.campaign_id:
             move_campaigns(
-                [message.campaign_id],
+                [locked.campaign_id],
                 CampaignStatus.RUNNING,
                 actor=Actor.OPERATOR,
                 old=[CampaignStatus.COMPLETED],
                 finished_at=None,
             )
-    return result
+    message.refresh_from_db()
+    return message
+
+
+def _judge_resend(message: Message) -> tuple[resending.Verdict, str]:
+    opted_out = bool(
+        message.contact_id and Contact.objects.filter(pk=message.contact_id, opted_out=True)
+    )
+    statuses = resending.campaign_statuses([message.campaign_id])
+    return resending.judge(
+        message,
+        resending.safety_of(message.provider),
+        opted_out=opted_out,
+        campaign_status=statuses.get(message.campaign_id),
+        accepted_too=True,
+    )
+
+
+def _requeue(message: Message, verdict: str, now: datetime, by: str) -> None:
+    """Move the locked ``message`` to ``queued`` for a new attempt with the same msg_id."""
+    if verdict == resending.Verdict.CONFIRM:
+        description = _("Resend confirmed (the subscriber may get it twice)")
+    else:
+        description = _("Resend requested (same msg_id)")
+    if by:
+        description = _("%(what)s by %(user)s") % {"what": description, "user": by}
+    maybe_sent = message.maybe_sent or message.status in (
+        MessageStatus.UNCERTAIN,
+        *resending.ACCEPTED_STATUSES,
+    )
+    values = {
+        "attempts": 0,
+        "next_attempt_at": now,
+        "claimed_at": None,
+        "error_code": "",
+        "error_message": "",
+        "maybe_sent": maybe_sent,  # a provider that can be asked is asked first
+    }
+    move = MessageMove(message, MessageStatus.QUEUED, EventSource.ADMIN, values, description)
+    move_messages([move], now=now)
 
 
 def start_due_campaigns(now: datetime | None = None) -> int:

@@ -14,6 +14,7 @@ from ..backends.base import BaseBackend, OutgoingSMS, SendResult, SendStatus
 from ..exceptions import SMSError
 from ..models import Message
 from ..ratelimit import get_rate_limiter
+from .lookups import look_up, needs_lookup
 
 logger = logging.getLogger("crm_sms.outbox")
 
@@ -95,6 +96,8 @@ class Job:
     # As claimed: the message instance is updated when results are written.
     claimed_at: datetime | None = None
     attempts: int = 0
+    # What asking the provider first found (``lookups``: found, not_found, unknown), or "".
+    lookup: str = ""
 
     def __post_init__(self) -> None:
         self.claimed_at = self.message.claimed_at
@@ -161,6 +164,17 @@ def send_group(jobs: list[Job], gate: ProviderGate, stop: threading.Event) -> li
 
 
 def request(backend: BaseBackend, jobs: list[Job]) -> list[SendResult]:
+    """One result per job. A job whose last attempt may have reached a provider that can be
+    asked is looked up first and sent only if the provider does not have it
+    (``lookups.look_up``); the rest are sent (``send_jobs``)."""
+    if not any(needs_lookup(job) for job in jobs):
+        return send_jobs(backend, jobs)
+    settled, to_send = look_up(backend, jobs)
+    sent = iter(send_jobs(backend, to_send) if to_send else ())
+    return [settled[id(job)] if id(job) in settled else next(sent) for job in jobs]
+
+
+def send_jobs(backend: BaseBackend, jobs: list[Job]) -> list[SendResult]:
     """One result per job: ``send`` for one message, ``send_many`` for several. A backend that
     raises (or answers with the wrong number of results) gets every job retried: a backend bug
     must not lose a message or stop the worker."""

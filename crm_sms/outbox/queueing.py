@@ -3,6 +3,9 @@
 
 Everything is checked before anything is stored; messages are created ``queued`` with a fresh
 ``msg_id`` (a campaign's in bulk, in one transaction with the campaign), and the worker sends them.
+The stored text is the rendered one after transliteration (``translit=True``) and smart encoding
+(on unless ``smart_encoding=False``): ``crm_sms.translit``. The preview counts the SMS parts
+before and after, and estimates the cost when the provider has a ``?price=`` (``crm_sms.costs``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -17,9 +21,11 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ..bulk import RowInserter
+from ..costs import backend_price, estimate_cost
 from ..models import Campaign, CampaignStatus, Contact, Message, MessageStatus, new_msg_ids
 from ..phones import normalize_phone
 from ..text import sms_info
+from ..translit import prepare_text
 from .claiming import claim_messages
 from .recipients import (
     Recipient,
@@ -47,6 +53,8 @@ def send_sms(
     provider: str | None = None,
     contact: Contact | None = None,
     now: bool = False,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> Message:
     """Queue one SMS to ``to`` (any common phone notation) and return its Message.
 
@@ -54,10 +62,13 @@ def send_sms(
     the provider's rules, and that the contact (given, or found by the phone) has not opted out.
     A problem raises ValidationError before anything is stored or sent. With ``now=True`` the
     message is sent in this process through the worker's code path, and the Message comes back
-    with its send status (``sent``, ``failed``, or ``queued`` for a retry later).
+    with its send status (``sent``, ``failed``, or ``queued`` for a retry later). ``translit``
+    writes Cyrillic in Latin letters; ``smart_encoding`` replaces look-alike punctuation when
+    that makes the text GSM-7 (``crm_sms.translit.prepare_text``): the Message holds the result.
     """
     alias, backend = resolve_provider(provider)
     phone = normalize_phone(to)
+    text = prepare_text(text, translit=translit, smart_encoding=smart_encoding)
     backend.validate_text(text)
     sender = resolve_sender(backend, sender)
     if contact is None:
@@ -91,14 +102,39 @@ def send_now(message: Message) -> Message:
 
 @dataclass
 class CampaignPreview:
-    """What ``send_campaign`` would do: recipients, exclusions, sample texts, SMS parts."""
+    """What ``send_campaign`` would do: recipients, exclusions, sample texts, SMS parts, cost.
+
+    Each sample has ``label``, ``phone``, ``text`` and ``info`` (what is sent: ``SMSInfo``),
+    and ``original`` and ``original_info`` (the rendered text before transliteration and smart
+    encoding; the same as ``text`` and ``info`` when nothing changed), and ``changed``.
+    """
 
     recipients: int
     excluded: dict[str, int]
     samples: list[dict[str, Any]]
-    total_segments: int
+    total_segments: int  # SMS parts of what is sent (the same as segments_after)
     sender: str
     provider: str
+    #: SMS parts the rendered texts would take as written, before the transformations.
+    segments_before: int = 0
+    #: Recipients whose text the transformations changed.
+    changed: int = 0
+    translit: bool = False
+    smart_encoding: bool = True
+    #: The provider's price of one SMS part (``?price=``), or None when it has none.
+    price: Decimal | None = None
+    currency: str = ""
+    #: ``total_segments`` x ``price``; None without a price.
+    estimated_cost: Decimal | None = None
+
+    @property
+    def segments_after(self) -> int:
+        return self.total_segments
+
+    @property
+    def estimated_cost_before(self) -> Decimal | None:
+        """What the texts as written would cost (to show what the transformations save)."""
+        return None if self.price is None else self.price * self.segments_before
 
 
 def preview_campaign(
@@ -110,8 +146,11 @@ def preview_campaign(
     phone_field: str = "phone",
     variables: dict[str, str] | None = None,
     sample_size: int = 5,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> CampaignPreview:
-    """Count recipients and exclusions and render samples, storing nothing.
+    """Count recipients, exclusions and SMS parts (before and after ``translit`` and
+    ``smart_encoding``), estimate the cost and render samples, storing nothing.
 
     Uses the same selection as ``send_campaign`` (so the counts match what it will queue);
     raises ValidationError for a bad template, sender or provider. Rows are streamed.
@@ -123,29 +162,48 @@ def preview_campaign(
         provider=provider,
         phone_field=phone_field,
         variables=variables,
+        translit=translit,
+        smart_encoding=smart_encoding,
     )
     samples: list[dict[str, Any]] = []
-    total_segments = 0
+    after = before = changed = 0
     for recipient in iter_recipients(sel, contacts):
-        info = cached_sms_info(recipient.text)
-        total_segments += info.segments
+        info = original_info = cached_sms_info(recipient.text)
+        if recipient.original != recipient.text:
+            original_info = cached_sms_info(recipient.original)
+            changed += 1
+        after += info.segments
+        before += original_info.segments
         if len(samples) < sample_size:
-            samples.append(
-                {
-                    "label": recipient.label,
-                    "phone": recipient.phone,
-                    "text": recipient.text,
-                    "info": info,
-                }
-            )
+            samples.append(_sample(recipient, info, original_info))
+    price = backend_price(sel.backend)
     return CampaignPreview(
         recipients=sel.recipients,
         excluded=dict(sel.excluded),
         samples=samples,
-        total_segments=total_segments,
+        total_segments=after,
         sender=sel.sender,
         provider=sel.alias,
+        segments_before=before,
+        changed=changed,
+        translit=translit,
+        smart_encoding=smart_encoding,
+        price=price.amount if price else None,
+        currency=price.currency if price else "",
+        estimated_cost=estimate_cost(after, price),
     )
+
+
+def _sample(recipient: Recipient, info: Any, original_info: Any) -> dict[str, Any]:
+    return {
+        "label": recipient.label,
+        "phone": recipient.phone,
+        "text": recipient.text,
+        "info": info,
+        "original": recipient.original,
+        "original_info": original_info,
+        "changed": recipient.original != recipient.text,
+    }
 
 
 def send_campaign(
@@ -159,6 +217,8 @@ def send_campaign(
     created_by: Any = None,
     phone_field: str = "phone",
     variables: dict[str, str] | None = None,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> Campaign:
     """Create a campaign of ``text`` (a template) to the rows of ``contacts`` and queue it.
 
@@ -168,6 +228,8 @@ def send_campaign(
     nothing is stored. With ``scheduled_at`` in the future the campaign is ``scheduled`` and
     ``start_due_campaigns`` starts it; otherwise it is ``running`` at once. Raises
     ValidationError for a bad template, sender or provider, or when nobody would get the text.
+    Each rendered text is transliterated with ``translit`` and smart-encoded unless
+    ``smart_encoding`` is False (``crm_sms.translit.prepare_text``) before it is stored.
     """
     sel = prepare_selection(
         contacts,
@@ -176,6 +238,8 @@ def send_campaign(
         provider=provider,
         phone_field=phone_field,
         variables=variables,
+        translit=translit,
+        smart_encoding=smart_encoding,
     )
     now = timezone.now()
     if scheduled_at is not None and timezone.is_naive(scheduled_at):
@@ -194,12 +258,13 @@ def send_campaign(
             started_at=None if scheduled else now,
         )
         due = scheduled_at if scheduled else now
-        _insert_messages(campaign, sel, iter_recipients(sel, contacts), due, now)
+        segments = _insert_messages(campaign, sel, iter_recipients(sel, contacts), due, now)
         if not sel.recipients:
             raise no_recipients_error(sel)
         campaign.recipients_count = sel.recipients
         campaign.excluded = dict(sel.excluded)
-        campaign.save(update_fields=["recipients_count", "excluded"])
+        extra = _snapshot(campaign, sel, segments)
+        campaign.save(update_fields=["recipients_count", "excluded", *extra])
     logger.info(
         "Campaign %s queued: %d messages, excluded %s%s",
         campaign.pk,
@@ -210,15 +275,35 @@ def send_campaign(
     return campaign
 
 
+def _snapshot(campaign: Campaign, sel: Selection, segments: int) -> list[str]:
+    """Set the campaign's record of how its texts were made and what they were estimated to
+    cost, for the fields its model has (``translit``, ``smart_encoding``, ``part_price``,
+    ``currency``, ``estimated_cost``); the names of the fields set."""
+    price = backend_price(sel.backend)
+    values = {
+        "translit": sel.translit,
+        "smart_encoding": sel.smart_encoding,
+        "part_price": price.amount if price else None,
+        "currency": price.currency if price else "",
+        "estimated_cost": estimate_cost(segments, price),
+    }
+    names = {f.name for f in Campaign._meta.concrete_fields}
+    fields = [name for name in values if name in names]
+    for name in fields:
+        setattr(campaign, name, values[name])
+    return fields
+
+
 def _insert_messages(
     campaign: Campaign,
     sel: Selection,
     recipients: Any,
     due: datetime,
     now: datetime,
-) -> None:
+) -> int:
     """INSERT a ``queued`` Message per recipient, each with a fresh msg_id, ``INSERT_BATCH``
-    rows at a time (the ORM's bulk_create dominated a 100,000-message campaign)."""
+    rows at a time (the ORM's bulk_create dominated a 100,000-message campaign); returns the
+    SMS parts inserted."""
     inserter = RowInserter(
         Message,
         {
@@ -241,13 +326,17 @@ def _insert_messages(
         ["contact", "phone", "text", "segments", "msg_id"],
     )
     batch: list[Recipient] = []
+    segments = 0
 
     def flush() -> None:
-        inserter.insert(
+        rows = [
             (r.contact_id, r.phone, r.text, cached_sms_info(r.text).segments, msg_id)
             for r, msg_id in zip(batch, new_msg_ids(len(batch)), strict=True)
-        )
+        ]
+        inserter.insert(rows)
         batch.clear()
+        nonlocal segments
+        segments += sum(row[3] for row in rows)
 
     for recipient in recipients:
         batch.append(recipient)
@@ -255,3 +344,4 @@ def _insert_messages(
             flush()
     if batch:
         flush()
+    return segments

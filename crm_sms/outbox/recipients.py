@@ -24,6 +24,7 @@ from ..backends.base import BaseBackend
 from ..models import Contact
 from ..phones import normalize_phone
 from ..text import CONTACT_VARIABLES, SMSInfo, SMSTemplate, sms_info
+from ..translit import cached_prepare_text
 
 
 def resolve_provider(provider: str | None) -> tuple[str, BaseBackend]:
@@ -102,14 +103,23 @@ class Selection:
     )
     recipients: int = 0
     text_error: ValidationError | None = None
+    #: How each rendered text is transformed before it is stored (``crm_sms.translit``).
+    translit: bool = False
+    smart_encoding: bool = True
+
+    def prepare(self, text: str) -> str:
+        """The text to store and send for a rendered ``text`` (transliterated, look-alikes
+        replaced, as the selection says)."""
+        return cached_prepare_text(text, self.translit, self.smart_encoding)
 
 
 @dataclass
 class Recipient:
     contact_id: int | None
     phone: str
-    text: str
+    text: str  # what is stored and sent
     label: str
+    original: str = ""  # the rendered text before transliteration and smart encoding
 
 
 def _field_names(model: type) -> set[str]:
@@ -124,9 +134,12 @@ def prepare_selection(
     provider: str | None,
     phone_field: str,
     variables: dict[str, str] | None,
+    translit: bool = False,
+    smart_encoding: bool = True,
 ) -> Selection:
     """Check the provider, sender, template and phone field before any row is read;
-    ValidationError on a problem."""
+    ValidationError on a problem. ``translit`` and ``smart_encoding``: see
+    ``crm_sms.translit.prepare_text``."""
     alias, backend = resolve_provider(provider)
     sender = resolve_sender(backend, sender)
     model = contacts.model
@@ -136,7 +149,7 @@ def prepare_selection(
         variables["phone"] = phone_field
     template = SMSTemplate(text, variables=tuple(variables))
     if template.is_static:
-        backend.validate_text(template.source)
+        backend.validate_text(cached_prepare_text(template.source, translit, smart_encoding))
     try:
         model._meta.get_field(phone_field.split("__")[0])
     except FieldDoesNotExist as exc:
@@ -156,6 +169,8 @@ def prepare_selection(
         has_opted_out="opted_out" in fields,
         is_contact=issubclass(model, Contact),
         label_fields=[n for n in ("last_name", "first_name", "middle_name") if n in fields],
+        translit=translit,
+        smart_encoding=smart_encoding,
     )
 
 
@@ -177,8 +192,9 @@ def _opted_out_phones(sel: Selection) -> set[str]:
     return set(Contact.objects.filter(opted_out=True).values_list("phone", flat=True))
 
 
-def _render(sel: Selection, row: dict[str, Any], phone: str) -> str | None:
-    """The row's text, or None (counted invalid) when the provider would refuse it."""
+def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] | None:
+    """The row's (rendered text, text to send), or None (counted invalid) when the provider
+    would refuse it."""
     values = {name: row[attr] for name, attr in sel.variables.items()}
     for name, value in values.items():
         if value is None:
@@ -186,14 +202,15 @@ def _render(sel: Selection, row: dict[str, Any], phone: str) -> str | None:
     if "phone" in values and values["phone"] == row[sel.phone_field]:
         values["phone"] = phone
     try:
-        text = sel.template.render(values)
+        original = sel.template.render(values)
+        text = sel.prepare(original)
         if not sel.template.is_static:
             sel.backend.validate_text(text)
     except ValidationError as exc:
         sel.text_error = sel.text_error or exc
         sel.excluded["invalid"] += 1
         return None
-    return text
+    return original, text
 
 
 def _exclusion(sel: Selection, row: dict, phone: str | None, seen: set, opted: set) -> str:
@@ -222,12 +239,13 @@ def iter_recipients(sel: Selection, contacts: Any) -> Iterator[Recipient]:
                 sel.excluded[reason] += 1
                 continue
             seen.add(phone)
-            text = _render(sel, row, phone)
-            if text is None:
+            texts = _render(sel, row, phone)
+            if texts is None:
                 continue
             sel.recipients += 1
             label = " ".join(str(row[f]) for f in sel.label_fields if row[f]) or phone
-            yield Recipient(row["pk"] if sel.is_contact else None, phone, text, label)
+            contact_id = row["pk"] if sel.is_contact else None
+            yield Recipient(contact_id, phone, texts[1], label, original=texts[0])
     except FieldError as exc:
         raise ValidationError(
             _("The contacts cannot be read: %(error)s") % {"error": exc}, code="fields"

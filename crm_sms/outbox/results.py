@@ -1,5 +1,6 @@
 """Writing send results: each finished job becomes a status move of its message (sent, failed,
-or queued again with a backoff), written in bulk with its event, in one transaction per batch.
+queued again with a backoff, or ``uncertain`` when the answer was lost and the provider can
+neither drop a repeat nor be asked), written in bulk with its event, in one transaction per batch.
 
 A result is written only where the row is still ours (``sending`` with our claim time): a
 delivery report that came first, a cancel or a take-back keeps its status (an accepted send
@@ -18,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from .. import conf
-from ..backends.base import SendStatus
+from ..backends.base import RetrySafety, SendResult, SendStatus
 from ..events import jsonable
 from ..models import CampaignStatus, EventSource, Message, MessageStatus
 from ..transitions import Actor, MessageMove, move_campaigns, move_messages
 from .controls import complete_finished_campaigns
+from .lookups import FOUND, NOT_FOUND, UNKNOWN, retry_safety
 from .pool import Job, ProviderGate
 
 if TYPE_CHECKING:
@@ -32,11 +35,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("crm_sms.outbox")
 
-QUEUED, SENDING, SENT, FAILED = (
+QUEUED, SENDING, SENT, FAILED, UNCERTAIN = (
     MessageStatus.QUEUED,
     MessageStatus.SENDING,
     MessageStatus.SENT,
     MessageStatus.FAILED,
+    MessageStatus.UNCERTAIN,
 )
 
 
@@ -59,8 +63,18 @@ class Outcome:
     description: str
 
 
+def may_have_arrived(result: SendResult) -> bool:
+    """Whether a failed attempt may have reached the provider (its answer was lost)."""
+    return result.ambiguous and result.status in (SendStatus.RETRY, SendStatus.PROVIDER_ERROR)
+
+
 def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
-    """The outcome of ``job``'s result (or of its being given back unsent)."""
+    """The outcome of ``job``'s result (or of its being given back unsent).
+
+    After an ambiguous failure (the request may have reached the provider) the message keeps
+    ``maybe_sent``: a provider that drops repeats of our msg_id gets a retry as after any
+    failure, one that can be asked is asked before the next attempt (``lookups``), and with
+    any other the message becomes ``uncertain``, which the worker never sends again."""
     result = job.result
     if result is None:
         return _given_back(job, now)
@@ -68,6 +82,7 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
         "last_response": jsonable(result.raw),
         "error_code": str(result.error_code or "")[:50],
         "error_message": result.error_message or "",
+        "maybe_sent": may_have_arrived(result),
     }
     attempts = job.attempts + 1
     if result.status is SendStatus.ACCEPTED:
@@ -78,11 +93,13 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
             error_code="",
             error_message="",
         )
-        earlier = _("Accepted earlier (duplicate msg_id)")
-        return Outcome(SENT, values, earlier if result.error_code else _("Accepted"))
+        return Outcome(SENT, values, _accepted_description(job))
     if result.status is SendStatus.REJECTED:
         values["attempts"] = attempts
         return Outcome(FAILED, values, _("Rejected"))
+    if values["maybe_sent"] and retry_safety(job.backend) is RetrySafety.NONE:
+        values["attempts"] = attempts
+        return Outcome(UNCERTAIN, values, str(UNCERTAIN_DESCRIPTION))
     if result.status is SendStatus.PROVIDER_ERROR and job.message.campaign_id:
         # Not the message's fault: no attempt is used; the campaign pauses once the gate trips.
         if job.tripped:
@@ -95,7 +112,28 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
     if attempts >= max_attempts:
         return Outcome(FAILED, values, _("Retries exhausted"))
     values["next_attempt_at"] = now + timedelta(seconds=retry_delay(attempts))
+    if job.lookup == UNKNOWN:
+        return Outcome(QUEUED, values, _("The provider could not say whether it has it; will ask"))
     return Outcome(QUEUED, values, _("Will retry"))
+
+
+#: The event of a message that became ``uncertain``.
+UNCERTAIN_DESCRIPTION = gettext_lazy(
+    "Uncertain whether sent: the answer was lost after the request may have reached the "
+    "provider, which cannot drop a repeat or be asked. Not sent again unless an operator "
+    "confirms a resend (the subscriber may then get it twice)."
+)
+
+
+def _accepted_description(job: Job) -> str:
+    result = job.result
+    if job.lookup == FOUND:
+        return _("Found at the provider: the earlier attempt had arrived; not sent again")
+    if job.lookup == NOT_FOUND:
+        return _("Not found at the provider, so sent again: accepted")
+    if result is not None and result.error_code:
+        return _("Accepted earlier (duplicate msg_id)")
+    return _("Accepted")
 
 
 def _given_back(job: Job, now: datetime) -> Outcome:
@@ -173,6 +211,9 @@ def _take(
         if accepted and status is not None:
             _fill_in_accepted(message.pk, result.provider_message_id, batch.now)
             summary.sent += 1
+        elif result is not None and may_have_arrived(result):
+            # It moved on meanwhile (a cancel, a take-back): a resend must still know.
+            Message.objects.filter(pk=message.pk, provider_message_id="").update(maybe_sent=True)
         return
     found = outcome(job, batch.now, batch.max_attempts)
     found.values["claimed_at"] = None
@@ -220,6 +261,8 @@ def _count(summary: DispatchSummary, status: str, given_back: bool) -> None:
         summary.sent += 1
     elif status == FAILED:
         summary.failed += 1
+    elif status == UNCERTAIN:
+        summary.uncertain += 1
     elif given_back:
         summary.given_back += 1
     else:

@@ -24,9 +24,10 @@ from typing import Any, TextIO
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, close_old_connections, connection
 
-from .. import conf
+from .. import conf, inbox
 from ..backends import get_backend, load_backend_class
 from ..backends.base import OutgoingSMS
+from ..importing.jobs import start_import_jobs
 from ..models import Message
 from . import results
 from .claiming import claim_due_messages, release_stale_claims
@@ -50,6 +51,7 @@ class DispatchSummary:
     failed: int = 0
     retried: int = 0
     given_back: int = 0
+    uncertain: int = 0  # the answer was lost; not sent again without an operator
     paused_campaigns: list[int] = field(default_factory=list)
     completed_campaigns: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -61,7 +63,7 @@ class DispatchSummary:
 
     def add(self, batch: DispatchSummary) -> None:
         """Add a written batch's counts to these."""
-        for name in ("sent", "failed", "retried", "given_back"):
+        for name in ("sent", "failed", "retried", "given_back", "uncertain"):
             setattr(self, name, getattr(self, name) + getattr(batch, name))
         self.paused_campaigns += batch.paused_campaigns
         self.completed_campaigns += batch.completed_campaigns
@@ -73,6 +75,7 @@ class DispatchSummary:
             "failed": self.failed,
             "retried": self.retried,
             "given_back": self.given_back,
+            "uncertain": self.uncertain,
             "paused_campaigns": self.paused_campaigns,
             "completed_campaigns": self.completed_campaigns,
             "seconds": round(self.seconds, 3),
@@ -241,6 +244,8 @@ class Outbox:
         with self._surviving_database_errors("housekeeping"):
             release_stale_claims()
             start_due_campaigns()
+            inbox.drain_spool(max_seconds=HOUSEKEEPING_INTERVAL / 2)  # reports kept in an outage
+            start_import_jobs(self.stop)  # background contact imports, in a helper thread
         self._apply_connection_reports()
 
     def _apply_connection_reports(self) -> None:
@@ -284,6 +289,7 @@ class Outbox:
         line = (
             f"sent {batch.sent}, failed {batch.failed}, retried {batch.retried}"
             + (f", given back {batch.given_back}" if batch.given_back else "")
+            + (f", uncertain {batch.uncertain}" if batch.uncertain else "")
             + f" | total sent {total.sent}, failed {total.failed}, retried {total.retried}, "
             f"{rate:.1f} msg/s"
         )

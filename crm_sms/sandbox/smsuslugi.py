@@ -1,5 +1,6 @@
-"""SMS-Uslugi's XML API in the sandbox: ``POST /API/XML/send.php`` and ``POST
-/API/XML/report.php``, the login and password inside the XML body.
+"""SMS-Uslugi's XML API in the sandbox: ``POST /API/XML/send.php``, ``POST
+/API/XML/report.php`` and ``POST /API/XML/balance.php`` (``<account>``: ``BALANCE``), the login
+and password inside the XML body.
 
 Answers as client code of the platform shows them: ``<data><code>1</code>…<smsid>…</smsid></data>``
 for an accepted mailing (the client's ``smsid`` kept), ``<code>501</code>`` for wrong credentials,
@@ -28,6 +29,8 @@ from .base import ProviderEmulator, RecordedRequest, Reply
 
 SEND_PATH = "/API/XML/send.php"
 REPORT_PATH = "/API/XML/report.php"
+BALANCE_PATH = "/API/XML/balance.php"
+BALANCE = "1520.75"
 XML = "text/xml; charset=utf-8"
 DESCRIPTIONS = {
     1: "Операция успешно завершена",
@@ -78,7 +81,11 @@ class SmsUslugiEmulator(ProviderEmulator):
     name = "smsuslugi"
     title = "SMS-Uslugi"
     scheme = "smsuslugi"
-    routes = {("POST", SEND_PATH): "send", ("POST", REPORT_PATH): "report"}
+    routes = {
+        ("POST", SEND_PATH): "send",
+        ("POST", REPORT_PATH): "report",
+        ("POST", BALANCE_PATH): "balance",
+    }
     delivered_status = DELIVERED
     failed_status = NOT_DELIVERED
 
@@ -184,6 +191,10 @@ class SmsUslugiEmulator(ProviderEmulator):
             for number in mailing["numbers"]:
                 ElementTree.SubElement(group, "number").text = number
         return xml_reply(1, detail=detail)
+
+    def balance(self, request: RecordedRequest) -> Reply:
+        """The money on the account (the credentials were checked by ``authenticate``)."""
+        return xml_reply(1, account=BALANCE)
 
     def _settle(self, mailing: dict[str, Any]) -> None:
         """With reports on, a mailing still queued is final once ``callback_delay`` passed."""

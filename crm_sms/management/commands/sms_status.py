@@ -7,13 +7,15 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import conf
+from ...inbox import drain_spool
 from ...polling import poll_statuses
 
 
 class Command(BaseCommand):
     help = (
-        "Ask providers that can be polled (e.g. SMS.RU) about messages still 'sent', apply the "
-        "answers, and mark messages past the provider's report window undelivered. Prints counts."
+        "Apply the delivery reports spooled while the database was unavailable, ask providers "
+        "that can be polled (e.g. SMS.RU) about messages still 'sent', apply the answers, and "
+        "mark messages past the provider's report window undelivered. Prints counts."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -31,10 +33,17 @@ class Command(BaseCommand):
             raise CommandError(f"No provider {provider!r} is configured (configured: {known}).")
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
+        spooled = drain_spool()
         counts = poll_statuses(provider=provider, batch_size=batch_size)
         if as_json:
-            self.stdout.write(json.dumps(counts))
+            self.stdout.write(json.dumps({**counts, "spooled": spooled}))
             return
+        if spooled["files"] or spooled["broken"] or spooled["left"]:
+            self.stdout.write(
+                "Applied {files} spooled report file(s) (kept while the database was "
+                "unavailable): {applied} report(s) changed a status; {broken} file(s) set "
+                "aside as broken.".format(**{"applied": 0, **spooled})
+            )
         if not counts["providers"]:
             self.stdout.write("No configured provider can be polled (status is push-only).")
             return

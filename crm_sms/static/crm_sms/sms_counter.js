@@ -1,23 +1,38 @@
 /* Live character and SMS-part counter for the "Send SMS" page.
    Counts exactly as crm_sms/text.py: GSM-7 (160 / 153 per part) when every character is in the
    GSM-7 alphabet, else UCS-2 (70 / 67). GSM-7 extension characters take 2 units and are never
-   split across parts; characters outside the BMP take 2 UCS-2 units (a surrogate pair). */
+   split across parts; characters outside the BMP take 2 UCS-2 units (a surrogate pair).
+
+   With the page's "sms-translit" configuration (crm_sms.translit.counter_config()) it first
+   transforms the text as crm_sms/translit.py does before sending: transliteration when the
+   #id_translit box is ticked (iuliia's schema tables, words in capitals kept in capitals),
+   smart encoding (look-alike punctuation -> GSM-7, only when that makes the text GSM-7) unless
+   #id_smart_encoding is unticked, and shows the parts after and before. In Node, the functions
+   are exported for the tests (tests/test_translit.py). */
 (function () {
   "use strict";
 
   var LIMITS = { "GSM-7": [160, 153], "UCS-2": [70, 67] };
+  var WORD = /[\p{L}\p{N}_]+/gu; // Python's \w, as crm_sms/translit.py splits words
+  var CYRILLIC = /[\u0400-\u04ff]/;
 
-  function readSet(id) {
-    var node = document.getElementById(id);
-    var chars = node ? JSON.parse(node.textContent) : "";
+  function toSet(chars) {
     var set = Object.create(null);
     Array.from(chars).forEach(function (ch) { set[ch] = true; });
     return set;
   }
 
+  function own(table, key) {
+    return Object.prototype.hasOwnProperty.call(table, key) ? table[key] : undefined;
+  }
+
+  function isGsm(text, basic, extension) {
+    return Array.from(text).every(function (ch) { return basic[ch] || extension[ch]; });
+  }
+
   function smsInfo(text, basic, extension) {
     var chars = Array.from(text); // code points, as Python's len()
-    var gsm = chars.every(function (ch) { return basic[ch] || extension[ch]; });
+    var gsm = isGsm(text, basic, extension);
     var encoding = gsm ? "GSM-7" : "UCS-2";
     var costs = chars.map(function (ch) {
       if (gsm) { return extension[ch] ? 2 : 1; }
@@ -38,10 +53,106 @@
              segments: segments, per_segment: multi };
   }
 
+  // --- transliteration: iuliia's TranslitSchema.translate for one word ----------------------
+  function translateLetters(chars, config) {
+    var out = "";
+    for (var i = 0; i < chars.length; i++) {
+      var prev = i > 0 ? chars[i - 1] : "", curr = chars[i];
+      var next = i + 1 < chars.length ? chars[i + 1] : "";
+      var letter = own(config.prev, prev + curr);
+      if (letter === undefined) { letter = own(config.next, curr + next); }
+      if (letter === undefined) { letter = own(config.map, curr); }
+      out += letter === undefined ? curr : letter;
+    }
+    return out;
+  }
+
+  function translitWord(word, config) {
+    if (!CYRILLIC.test(word)) { return word; }
+    var chars = Array.from(word), latin;
+    var ending = chars.length > 2 ? own(config.ending, chars.slice(-2).join("")) : undefined;
+    if (ending) {
+      latin = translateLetters(chars.slice(0, -2), config) + ending;
+    } else {
+      latin = translateLetters(chars, config);
+    }
+    var capitals = word === word.toUpperCase() && word !== word.toLowerCase();
+    return chars.length > 1 && capitals ? latin.toUpperCase() : latin;
+  }
+
+  function replaceChars(text, table) {
+    return Array.from(text).map(function (ch) {
+      var value = own(table, ch);
+      return value === undefined ? ch : value;
+    }).join("");
+  }
+
+  function smartEncode(text, config, basic, extension) {
+    if (isGsm(text, basic, extension)) { return text; }
+    var replaced = replaceChars(text, config.lookalikes);
+    return isGsm(replaced, basic, extension) ? replaced : text;
+  }
+
+  function transliterate(text, config, basic, extension) {
+    var latin = text.replace(WORD, function (word) { return translitWord(word, config); });
+    return smartEncode(replaceChars(latin, config.symbols), config, basic, extension);
+  }
+
+  /* The text that is sent for ``text``: crm_sms.translit.prepare_text. */
+  function prepareText(text, options, config, basic, extension) {
+    if (!config) { return text; }
+    if (options.translit) { return transliterate(text, config, basic, extension); }
+    if (options.smart) { return smartEncode(text, config, basic, extension); }
+    return text;
+  }
+
   function format(template, info) {
     return template.replace(/\{(\w+)\}/g, function (m, key) {
       return key in info ? String(info[key]) : m;
     });
+  }
+
+  var api = { smsInfo: smsInfo, prepareText: prepareText, transliterate: transliterate,
+              smartEncode: smartEncode, toSet: toSet };
+  if (typeof module !== "undefined" && module.exports) { module.exports = api; }
+  if (typeof document === "undefined") { return; }
+
+  function readJSON(id) {
+    var node = document.getElementById(id);
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
+  function readSet(id) {
+    return toSet(readJSON(id) || "");
+  }
+
+  function options(config) {
+    var translit = document.getElementById("id_translit");
+    var smart = document.getElementById("id_smart_encoding");
+    return {
+      translit: !!(translit && translit.checked),
+      smart: smart ? smart.checked : !!(config && config.smart_encoding !== false)
+    };
+  }
+
+  function show(counter, text, sent, opts, config, basic, extension) {
+    var info = smsInfo(sent, basic, extension);
+    var before = sent === text ? info : smsInfo(text, basic, extension);
+    counter.dataset.characters = info.characters;
+    counter.dataset.segments = info.segments;
+    counter.dataset.encoding = info.encoding;
+    counter.dataset.units = info.units;
+    counter.dataset.segmentsBefore = before.segments;
+    counter.dataset.encodingBefore = before.encoding;
+    counter.dataset.changed = sent === text ? "0" : "1";
+    var shown = format(counter.dataset.template, info);
+    if (sent !== text && config) {
+      var texts = config.texts || {};
+      var label = opts.translit ? texts.before_translit : texts.before_smart;
+      if (label) { shown += " (" + format(label, before) + ")"; }
+    }
+    counter.textContent = text ? shown : counter.dataset.empty;
+    counter.classList.toggle("crm-sms-multipart", info.segments > 1);
   }
 
   function init() {
@@ -50,22 +161,28 @@
     if (!textarea || !counter) { return; }
     var basic = readSet("sms-gsm7-basic");
     var extension = readSet("sms-gsm7-extension");
+    var config = readJSON("sms-translit");
     function update() {
       var text = textarea.value.replace(/\r\n?/g, "\n");
-      var info = smsInfo(text, basic, extension);
-      counter.dataset.characters = info.characters;
-      counter.dataset.segments = info.segments;
-      counter.dataset.encoding = info.encoding;
-      counter.dataset.units = info.units;
-      counter.textContent = text ? format(counter.dataset.template, info) : counter.dataset.empty;
-      counter.classList.toggle("crm-sms-multipart", info.segments > 1);
+      var opts = options(config);
+      show(counter, text, prepareText(text, opts, config, basic, extension), opts, config,
+           basic, extension);
     }
     textarea.addEventListener("input", update);
+    ["id_translit", "id_smart_encoding"].forEach(function (id) {
+      var box = document.getElementById(id);
+      if (box) { box.addEventListener("change", update); }
+    });
     update();
   }
 
   window.crmSmsInfo = function (text) {
     return smsInfo(text, readSet("sms-gsm7-basic"), readSet("sms-gsm7-extension"));
+  };
+  window.crmSmsPrepare = function (text, opts) {
+    return prepareText(text, opts || options(readJSON("sms-translit")),
+                       readJSON("sms-translit"), readSet("sms-gsm7-basic"),
+                       readSet("sms-gsm7-extension"));
   };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", init);
