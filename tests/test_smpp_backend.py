@@ -649,6 +649,22 @@ def test_a_campaign_goes_out_over_smpp_and_is_delivered(
     assert Message.objects.filter(campaign=campaign, status="delivered").count() == 30
 
 
+@pytest.mark.django_db
+def test_a_connection_lost_after_submit_leaves_the_message_uncertain(smsc, outbox_settings):
+    """SMPP has no de-duplication key: the worker never resends such a message by itself."""
+    from crm_sms.outbox import dispatch_due, send_sms
+
+    config = parse_sms_url(smsc.url(reconnect_backoff=0.02), schemes=SCHEMES)
+    outbox_settings.CRM_SMS = {**outbox_settings.CRM_SMS, "PROVIDERS": {"default": config}}
+    message = send_sms("+79001234212", "Hello")
+    smsc.configure(drop_next=1)
+    for _round in range(3):  # later rounds must not send it again
+        dispatch_due()
+    message.refresh_from_db()
+    assert (message.status, message.maybe_sent) == ("uncertain", True)
+    assert len(smsc.accepted) == 1
+
+
 def wait_until(condition, timeout: float = 5.0) -> bool:
     import time
 

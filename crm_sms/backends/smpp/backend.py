@@ -370,9 +370,8 @@ class SMPPBackend(BaseBackend):
         before its answer: the SMSC may have accepted it. SMPP has no de-duplication key, so
         sending it again may deliver it twice.
 
-        ``SendResult.ambiguous`` is set (with ``retry_safety`` NONE the outbox is to hold such a
-        message as "uncertain"); until the outbox does, the status is RETRY with error_code
-        "ambiguous" and raw["ambiguous"] = True (issue 12, point 4)."""
+        ``SendResult.ambiguous`` is set: with ``retry_safety`` NONE the outbox holds the
+        message as "uncertain" until an operator confirms a resend (never a silent resend)."""
         reasons = sorted({p.error for p in pendings if p.ambiguous})
         raw.update(ambiguous=True, reason=", ".join(reasons))
         return SendResult(
