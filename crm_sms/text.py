@@ -62,8 +62,11 @@ class SMSInfo:
         }
 
 
+GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
+
+
 def is_gsm7(text: str) -> bool:
-    return all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    return GSM7_ALL.issuperset(text)
 
 
 def _unit_costs(text: str, encoding: str) -> Iterable[int]:

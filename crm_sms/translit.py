@@ -39,7 +39,7 @@ from typing import Any
 
 from django.utils.translation import gettext as _
 
-from .text import is_gsm7
+from .text import GSM7_ALL, is_gsm7
 
 #: The iuliia schema used for transliteration (see the module docstring for why).
 SCHEMA = "mosmetro"
@@ -60,12 +60,15 @@ LOOKALIKES: dict[str, str] = {
 #: Symbols with no GSM-7 twin that a transliterated text writes out in Latin.
 TRANSLIT_SYMBOLS: dict[str, str] = {"№": "N", "₽": "RUB"}
 
-_LOOKALIKE_TABLE = str.maketrans(LOOKALIKES)
-_SYMBOL_TABLE = str.maketrans(TRANSLIT_SYMBOLS)
-# A word as iuliia's word reader sees one (\w: letters, digits, "_"); the live counter uses
-# the same split (/[\p{L}\p{N}_]+/u).
-_WORD = re.compile(r"\w+")
+_REPLACEABLE = GSM7_ALL | frozenset(LOOKALIKES)
+# Regular expressions, not str.translate: a text has few of these, and translate with a table
+# costs a dictionary look-up per character.
+_LOOKALIKE = re.compile("[" + re.escape("".join(LOOKALIKES)) + "]")
+_SYMBOL = re.compile("[" + re.escape("".join(TRANSLIT_SYMBOLS)) + "]")
+# A word as iuliia's word reader sees one (\w: letters, digits, "_"), with a Cyrillic letter
+# in it; the live counter splits words the same way (/[\p{L}\p{N}_]+/u).
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_CYRILLIC_WORD = re.compile(r"\w*[\u0400-\u04ff]\w*")
 
 
 @cache
@@ -89,8 +92,6 @@ def _schema() -> Any:
 @lru_cache(maxsize=50_000)
 def _word(word: str) -> str:
     """One word transliterated (campaign texts repeat their words: each is done once)."""
-    if not _CYRILLIC.search(word):
-        return word
     latin = _schema().translate(word)
     return latin.upper() if len(word) > 1 and word.isupper() else latin
 
@@ -98,22 +99,22 @@ def _word(word: str) -> str:
 def transliterate(text: str) -> str:
     """``text`` with Cyrillic in Latin letters (``SCHEMA``), ``TRANSLIT_SYMBOLS`` written out
     and, when that makes it GSM-7, the look-alikes replaced. Other characters stay."""
-    latin = _WORD.sub(lambda match: _word(match.group()), text).translate(_SYMBOL_TABLE)
-    return smart_encode(latin)
+    if _CYRILLIC.search(text):
+        text = _CYRILLIC_WORD.sub(lambda match: _word(match.group()), text)
+    return smart_encode(_SYMBOL.sub(lambda match: TRANSLIT_SYMBOLS[match.group()], text))
 
 
 def replace_lookalikes(text: str) -> str:
     """``text`` with every character of ``LOOKALIKES`` replaced, whatever the result."""
-    return text.translate(_LOOKALIKE_TABLE)
+    return _LOOKALIKE.sub(lambda match: LOOKALIKES[match.group()], text)
 
 
 def smart_encode(text: str) -> str:
     """``text`` with its look-alikes replaced when that is all that keeps it UCS-2; else
     ``text`` unchanged (a Cyrillic text keeps its « » and —)."""
-    if is_gsm7(text):
-        return text
-    replaced = replace_lookalikes(text)
-    return replaced if is_gsm7(replaced) else text
+    if is_gsm7(text) or not _REPLACEABLE.issuperset(text):
+        return text  # GSM-7 already, or UCS-2 whatever is replaced
+    return replace_lookalikes(text)
 
 
 def prepare_text(text: str, *, translit: bool = False, smart_encoding: bool = True) -> str:

@@ -49,7 +49,7 @@ import hmac
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ValidationError
@@ -58,7 +58,15 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import CallbackError, CallbackForbidden, ProviderError
-from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
+from .base import (
+    Balance,
+    DeliveryReport,
+    DeliveryStatus,
+    OutgoingSMS,
+    RetrySafety,
+    SendResult,
+    SendStatus,
+)
 from .http import Answer, HTTPBackend, HTTPRequest
 from .options import Option
 
@@ -145,13 +153,6 @@ STATUS_ERRORS: dict[int, Any] = {
     254: _("the sender name is not registered"),
     255: _("rejected by the operator"),
 }
-
-
-class Balance(NamedTuple):
-    """What ``balance()`` returns: the amount and its currency ("RUB")."""
-
-    amount: Decimal
-    currency: str
 
 
 def _int(value: Any) -> int | None:

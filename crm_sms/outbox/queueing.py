@@ -228,8 +228,7 @@ def send_campaign(
     nothing is stored. With ``scheduled_at`` in the future the campaign is ``scheduled`` and
     ``start_due_campaigns`` starts it; otherwise it is ``running`` at once. Raises
     ValidationError for a bad template, sender or provider, or when nobody would get the text.
-    Each rendered text is transliterated with ``translit`` and smart-encoded unless
-    ``smart_encoding`` is False (``crm_sms.translit.prepare_text``) before it is stored.
+    Rendered texts are stored as ``translit.prepare_text(translit, smart_encoding)`` makes them.
     """
     sel = prepare_selection(
         contacts,
@@ -265,14 +264,18 @@ def send_campaign(
         campaign.excluded = dict(sel.excluded)
         extra = _snapshot(campaign, sel, segments)
         campaign.save(update_fields=["recipients_count", "excluded", *extra])
+    _log_queued(campaign, sel, scheduled_at if scheduled else None)
+    return campaign
+
+
+def _log_queued(campaign: Campaign, sel: Selection, scheduled_at: datetime | None) -> None:
     logger.info(
         "Campaign %s queued: %d messages, excluded %s%s",
         campaign.pk,
         sel.recipients,
         sel.excluded,
-        f", scheduled at {scheduled_at:%Y-%m-%d %H:%M %Z}" if scheduled else "",
+        f", scheduled at {scheduled_at:%Y-%m-%d %H:%M %Z}" if scheduled_at else "",
     )
-    return campaign
 
 
 def _snapshot(campaign: Campaign, sel: Selection, segments: int) -> list[str]:
