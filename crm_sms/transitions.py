@@ -22,19 +22,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .bulk import update_rows
-from .events import record_events
+from .events import EventRow, record_events
 from .exceptions import InvalidTransition
 from .models import (
     Campaign,
     CampaignStatus,
     EventSource,
     Message,
-    MessageEvent,
     MessageStatus,
 )
 
@@ -139,7 +137,6 @@ CAMPAIGN_MOVES: tuple[Move, ...] = (
     Move(C.RUNNING, C.CANCELLED, OPERATOR, "cancel"),
     Move(C.PAUSED, C.CANCELLED, OPERATOR, "cancel"),
     Move(C.COMPLETED, C.RUNNING, OPERATOR, "retry failed messages, or resend one"),
-    Move(C.CANCELLED, C.RUNNING, OPERATOR, "retry failed messages"),
 )
 
 _MESSAGE_INDEX = frozenset((m.old, m.new, m.actor) for m in MESSAGE_MOVES)
@@ -204,7 +201,7 @@ def move_messages(
     ``message_status_changed``). Returns the moves that took effect.
 
     ``where=None``: the caller holds the rows (``select_for_update`` in its transaction); rows
-    are written with per-row values (``bulk.update_rows``). A message may move twice in one
+    are written with per-row values (one prepared UPDATE per set of fields). A message may move twice in one
     call (a report batch): its last values win and each move is an event.
     ``where=(field, ...)``: concurrent writers may have moved a row since it was read, so each
     row is written only where its status is still the move's ``old`` and each named field
@@ -225,7 +222,7 @@ def move_messages(
                 row = rows.setdefault(move.message.pk, {})
                 row.update(move.values)
                 row.update(status=move.new, updated_at=now)
-            update_rows(Message, rows)
+            _write_rows(rows)
             moved = list(moves)
         else:
             moved = _write_where(moves, tuple(where), now)
@@ -233,19 +230,58 @@ def move_messages(
         for move in moved:
             move.apply(now)
             events.append(
-                MessageEvent(
-                    message=move.message,
-                    source=move.source,
-                    old_status=move.old,
-                    new_status=move.new,
-                    error_code=move.error_code,
-                    description=move.description,
-                    payload=move.payload,
-                    created_at=now,
+                EventRow(
+                    move.message,
+                    move.source,
+                    move.old,
+                    move.new,
+                    move.error_code,
+                    move.description,
+                    move.payload,
+                    now,
                 )
             )
         record_events(events)
     return moved
+
+
+def _write_rows(rows: dict[Any, dict[str, Any]]) -> None:
+    """Write per-row values ``{pk: {field name: value}}`` of messages the caller holds: one
+    prepared UPDATE per set of field names, run for all its rows (executemany; a pipeline on
+    PostgreSQL). A batch of results shares most values (status, times, empty error codes):
+    each distinct value of a field is prepared once."""
+    groups: dict[tuple[str, ...], list[Any]] = defaultdict(list)
+    for pk, values in rows.items():
+        groups[tuple(sorted(values))].append(pk)
+    ops, meta = connection.ops, Message._meta
+    table, pk_column = ops.quote_name(meta.db_table), ops.quote_name(meta.pk.column)
+    for names, pks in groups.items():
+        fields = [meta.get_field(name) for name in names]
+        assignments = ", ".join(f"{ops.quote_name(f.column)} = %s" for f in fields)
+        prepared = [_Prepared(f) for f in fields]
+        params = [[p(rows[pk][p.name]) for p in prepared] + [pk] for pk in pks]
+        with connection.cursor() as cursor:
+            cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s", params)
+
+
+class _Prepared:
+    """A field's values as the database takes them, each distinct hashable value once."""
+
+    __slots__ = ("name", "field", "seen")
+
+    def __init__(self, field: Any):
+        self.name, self.field, self.seen = field.name, field, {}
+
+    def __call__(self, value: Any) -> Any:
+        try:
+            return self.seen[(type(value), value)]
+        except KeyError:
+            prepared = self.seen[(type(value), value)] = self.field.get_db_prep_save(
+                value, connection
+            )
+            return prepared
+        except TypeError:  # unhashable (a JSON dict): every time
+            return self.field.get_db_prep_save(value, connection)
 
 
 #: Primary keys per conditional UPDATE (well under every database's parameter limit).

@@ -217,7 +217,8 @@ def test_a_message_for_an_unconfigured_provider_is_not_lost(locmem_provider, set
     assert message.error_code == "configuration"
 
 
-def test_release_stale_claims_takes_back_old_sending_rows(locmem_provider, settings):
+def test_release_stale_claims_takes_back_old_sending_rows(megafon_provider, settings):
+    """MegaFon drops a repeat of a msg_id: an expired claim is simply sent again."""
     settings.CRM_SMS = {**settings.CRM_SMS, "CLAIM_TIMEOUT": 60}
     old = outbox.send_sms("+79001234212", "a")
     fresh = outbox.send_sms("+79001234213", "b")
@@ -231,6 +232,19 @@ def test_release_stale_claims_takes_back_old_sending_rows(locmem_provider, setti
     assert old.status == MessageStatus.QUEUED and old.claimed_at is None
     assert fresh.status == MessageStatus.SENDING
     assert MessageEvent.objects.filter(message=old, new_status="queued").exists()
+
+
+def test_an_expired_claim_is_uncertain_where_a_resend_could_arrive_twice(locmem_provider):
+    """The worker may have died in the middle of the request; locmem, like SMS.RU, can neither
+    drop a repeat nor be asked, so the message waits for an operator instead of going again."""
+    message = outbox.send_sms("+79001234212", "a")
+    now = timezone.now()
+    long_ago = now - timezone.timedelta(seconds=3600)
+    Message.objects.filter(pk=message.pk).update(status=MessageStatus.SENDING, claimed_at=long_ago)
+    assert outbox.release_stale_claims(now=now) == 1
+    message.refresh_from_db()
+    assert (message.status, message.maybe_sent, message.claimed_at) == ("uncertain", True, None)
+    assert outbox.claim_due_messages(10, now=now) == []
 
 
 def test_claims_skip_rows_not_due(locmem_provider):

@@ -27,8 +27,10 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .. import conf
+from ..backends.base import RetrySafety
 from ..models import Campaign, CampaignStatus, EventSource, Message, MessageStatus
 from ..transitions import MessageMove, move_messages
+from .resending import safety_of
 
 logger = logging.getLogger("crm_sms.outbox")
 
@@ -113,10 +115,35 @@ def settle_cancelled(moves: Sequence[MessageMove], campaigns: dict[int, str]) ->
             move.description = _("The campaign is cancelled: not sent again")
 
 
+def _take_back(message: Message, now: datetime, safety: RetrySafety) -> MessageMove:
+    """The move of one expired claim: the request may have gone out before the worker died."""
+    if safety is RetrySafety.NONE:
+        return MessageMove(
+            message,
+            MessageStatus.UNCERTAIN,
+            EventSource.RETRY,
+            {"claimed_at": None, "maybe_sent": True},
+            description=_(
+                "Claim expired (the worker stopped, perhaps while sending); not sent again "
+                "without an operator's confirmation"
+            ),
+        )
+    return MessageMove(
+        message,
+        MessageStatus.QUEUED,
+        EventSource.RETRY,
+        # LOOKUP providers are asked before the next attempt (``maybe_sent``).
+        {"claimed_at": None, "next_attempt_at": now, "maybe_sent": True},
+        description=_("Claim expired (the worker stopped); sending again"),
+    )
+
+
 def release_stale_claims(now: datetime | None = None) -> int:
-    """Take back rows left ``sending`` longer than CLAIM_TIMEOUT (their worker died): they are
-    ``queued`` again with the same msg_id, so the provider drops a copy it already has; those
-    of a cancelled campaign are ``cancelled``. Returns how many were taken back."""
+    """Take back rows left ``sending`` longer than CLAIM_TIMEOUT (their worker died, perhaps
+    in the middle of a request): ``queued`` again with the same msg_id where the provider drops
+    a copy it already has, ``queued`` and to be looked up first where it can be asked, and
+    ``uncertain`` where it can do neither (never twice). Those of a cancelled campaign are
+    ``cancelled``. Returns how many were taken back."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=float(conf.get_setting("CLAIM_TIMEOUT")))
     stale = Message.objects.filter(status=MessageStatus.SENDING, claimed_at__lt=cutoff)
@@ -130,14 +157,9 @@ def release_stale_claims(now: datetime | None = None) -> int:
         rows = rows.order_by("pk")
         if connection.features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True, of=("self",))
+        cache: dict[str, RetrySafety] = {}
         moves = [
-            MessageMove(
-                message,
-                MessageStatus.QUEUED,
-                EventSource.RETRY,
-                {"claimed_at": None, "next_attempt_at": now},
-                description=_("Claim expired (the worker stopped); sending again"),
-            )
+            _take_back(message, now, safety_of(message.provider, cache))
             for message in rows.defer("text", "last_response")[:RELEASE_BATCH]
         ]
         settle_cancelled(moves, campaigns)

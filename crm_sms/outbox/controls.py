@@ -28,6 +28,7 @@ from ..models import (
 )
 from ..transitions import Actor, MessageMove, move_campaigns, move_messages
 from . import resending
+from .claiming import lock_campaigns
 from .recipients import opted_out_error
 
 logger = logging.getLogger("crm_sms.outbox")
@@ -136,7 +137,8 @@ def cancel_campaign(campaign: Campaign) -> int:
 
 def retry_failed(campaign: Campaign, *, seen_at: datetime | None = None) -> int:
     """Queue the campaign's failed messages again (same row and msg_id, attempts reset) and set
-    a completed or cancelled campaign running again. Returns how many were queued.
+    a completed campaign running again. Returns how many were queued. A cancelled campaign is
+    final: ValidationError (code ``campaign_cancelled``).
 
     Never an ``uncertain`` message, one already queued or sent, one of an opted-out contact, or
     a failed one whose last attempt may have reached a provider that can neither drop a repeat
@@ -154,6 +156,13 @@ def retry_failed(campaign: Campaign, *, seen_at: datetime | None = None) -> int:
     if unsafe:
         failed = failed.exclude(maybe_sent=True, provider__in=unsafe)
     with transaction.atomic():
+        # The campaign first, then its messages: the order result writing and cancel use.
+        status = lock_campaigns([campaign.pk]).get(campaign.pk)
+        if status == CampaignStatus.CANCELLED:
+            raise ValidationError(
+                _("A cancelled campaign is final: its messages are not sent again."),
+                code="campaign_cancelled",
+            )
         count = _move_campaign_messages(
             failed,
             MessageStatus.FAILED,
@@ -171,7 +180,7 @@ def retry_failed(campaign: Campaign, *, seen_at: datetime | None = None) -> int:
             [campaign.pk],
             CampaignStatus.RUNNING,
             actor=Actor.OPERATOR,
-            old=[CampaignStatus.COMPLETED, CampaignStatus.CANCELLED],
+            old=[CampaignStatus.COMPLETED],
             finished_at=None,
         )
     campaign.refresh_from_db()

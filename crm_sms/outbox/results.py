@@ -26,6 +26,7 @@ from ..backends.base import RetrySafety, SendResult, SendStatus
 from ..events import jsonable
 from ..models import CampaignStatus, EventSource, Message, MessageStatus
 from ..transitions import Actor, MessageMove, move_campaigns, move_messages
+from .claiming import lock_campaigns, settle_cancelled
 from .controls import complete_finished_campaigns
 from .lookups import FOUND, NOT_FOUND, UNKNOWN, retry_safety
 from .pool import Job, ProviderGate
@@ -169,9 +170,11 @@ def write_results(
         return
     batch = _Batch(timezone.now(), int(conf.get_setting("MAX_ATTEMPTS")))
     with transaction.atomic():
+        campaigns = lock_campaigns(job.message.campaign_id for job in jobs)  # before the rows
         current = _lock_rows(jobs)
         for job in jobs:
             _take(job, current.get(job.message.pk, (None, None)), batch, summary)
+        settle_cancelled(batch.moves, campaigns)
         move_messages(batch.moves, now=batch.now)
         _pause_campaigns(batch.pause, summary)
         summary.completed_campaigns += complete_finished_campaigns(
