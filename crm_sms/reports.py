@@ -167,7 +167,8 @@ def _apply_chunk(
     except DatabaseError as exc:
         if len(reports) == 1:
             counts["invalid"] += 1
-            notes.add("refused", f"{_name(given[0])}: {str(exc).strip()[:200]}")
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            notes.add("refused", f"{_name(given[0])}: {reason}")
             return
         for report, original in zip(reports, given, strict=True):
             _apply_chunk([report], [original], provider, source, counts, notes)

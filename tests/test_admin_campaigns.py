@@ -96,11 +96,13 @@ def test_pause_resume_cancel_from_the_change_page(admin_en, campaign):
 
 
 def test_retry_failed_and_copy(admin_en, campaign, admin_user):
-    response = admin_en.post(
-        reverse("admin:crm_sms_campaign_changelist"),
-        {"action": "retry_failed_action", "index": "0", "_selected_action": [campaign.pk]},
-        follow=True,
-    )
+    data = {"action": "retry_failed_action", "index": "0", "_selected_action": [campaign.pk]}
+    changelist = reverse("admin:crm_sms_campaign_changelist")
+    page = admin_en.post(changelist, data)  # first: what it will do
+    assert "1 failed message will be sent again with the same id." in page.content.decode()
+    assert campaign.messages.filter(status="failed").count() == 1
+    seen_at = page.context["seen_at"]
+    response = admin_en.post(changelist, {**data, "post": "yes", "seen_at": seen_at}, follow=True)
     assert "1 failed message queued again." in response.content.decode()
     assert campaign.messages.filter(status="failed").count() == 0
     response = control(admin_en, campaign, "copy")

@@ -25,6 +25,7 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from .. import outbox
 from ..models import Campaign, CampaignStatus, Message, MessageStatus
+from . import resend
 from .common import DRAFT_SESSION_KEY, SEND_SMS_PERMISSION, excluded_rows
 
 ACTIVE_CAMPAIGN_STATUSES = {CampaignStatus.RUNNING, CampaignStatus.SCHEDULED}
@@ -397,17 +398,33 @@ class CampaignAdmin(admin.ModelAdmin):
     def cancel_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, outbox.cancel_campaign, _("Campaigns cancelled: %(count)d."))
 
-    @admin.action(description=gettext_lazy("Retry failed messages"), permissions=["send_sms"])
-    def retry_failed_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description=gettext_lazy("Retry failed messages…"), permissions=["send_sms"])
+    def retry_failed_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        """First a page that says what will happen; the confirmed POST (``post=yes``, with the
+        page's time, so a second POST of it does nothing) queues them."""
+        campaigns = list(queryset)
+        if any(c.status == CampaignStatus.CANCELLED for c in campaigns):
+            self.message_user(request, CANCELLED_IS_FINAL, messages.ERROR)
+            campaigns = [c for c in campaigns if c.status != CampaignStatus.CANCELLED]
+            if not campaigns:
+                return None
+        if request.POST.get("post") != "yes":
+            return resend.retry_failed_page(self, request, campaigns)
         total = 0
+        seen_at = resend.seen_at(request)
 
         def retry(campaign: Campaign) -> None:
             nonlocal total
             if campaign.status == CampaignStatus.CANCELLED:
                 raise ValidationError(CANCELLED_IS_FINAL, code="campaign_cancelled")
-            total += outbox.retry_failed(campaign) or 0
+            total += outbox.retry_failed(campaign, seen_at=seen_at) or 0
 
-        self._each(request, queryset, retry, _("Campaigns retried: %(count)d."))
+        self._each(
+            request,
+            queryset.filter(pk__in=[c.pk for c in campaigns]),
+            retry,
+            _("Campaigns retried: %(count)d."),
+        )
         self.message_user(
             request,
             ngettext(
@@ -417,6 +434,7 @@ class CampaignAdmin(admin.ModelAdmin):
             )
             % {"count": total},
         )
+        return None
 
     @admin.action(description=gettext_lazy("Copy as a new draft"), permissions=["change"])
     def copy_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

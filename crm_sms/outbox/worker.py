@@ -4,7 +4,8 @@ run it.
 
 All database work happens in the thread that calls ``Outbox.run``/``send_batch``; the pool
 threads only talk to providers (``pool.send_group``). Results are written in batches
-(``results.write_results``) at least every FLUSH_INTERVAL seconds.
+(``results.write_results``) at least every FLUSH_INTERVAL seconds, each after the next batch
+is claimed when the pool runs low: the send threads never wait for a write.
 """
 
 from __future__ import annotations
@@ -164,9 +165,9 @@ class Outbox:
             if stopping:
                 self._give_back_unstarted(run)
             if not run.inflight:
-                self._flush(run)
-                if stopping or (once and claimed == 0):
-                    break
+                wrote = self._flush(run)
+                if stopping or (once and claimed == 0 and not wrote):
+                    break  # (results just written may make more due: claim once more)
                 if claimed == 0:
                     self._idle(idle_sleep)
                 continue
@@ -174,20 +175,31 @@ class Outbox:
             if len(run.finished) >= self.batch_size or (
                 time.monotonic() - run.last_flush > FLUSH_INTERVAL
             ):
+                if not stopping:
+                    self._claim_more(run, time.monotonic())  # the pool is fed before a write
                 self._flush(run)
                 run.last_flush = time.monotonic()
         run.total.seconds = time.monotonic() - run.started
         return run.total
 
     # -- the steps of run -------------------------------------------------------------------
+    @property
+    def low_water(self) -> int:
+        """Jobs waiting in the pool below which the next batch is claimed: enough to keep
+        every send thread busy while the main thread claims and writes results."""
+        return max(self.concurrency * 2, self.batch_size // 2)
+
     def _claim_more(self, run: _Run, now: float) -> int | None:
-        """Claim and submit a batch while the pool is running low (claiming more while this
-        many jobs still wait keeps it from running dry). The number claimed, or None when it
-        was not time to claim."""
-        low_water = max(self.concurrency * 2, self.batch_size // 2)
-        if run.inflight_jobs >= low_water or (run.inflight and now < run.next_claim):
+        """Claim and submit a batch while the pool is running low. The number claimed, or
+        None when it was not time to claim.
+
+        Claiming comes before writing the answered jobs' results, so the send threads have
+        work while the results are written; unless one of them tripped its provider's gate:
+        then the results first (the campaigns they pause must not be claimed again)."""
+        if run.inflight_jobs >= self.low_water or (run.inflight and now < run.next_claim):
             return None
-        self._flush(run)  # results first: a campaign paused by them must not be claimed again
+        if any(job.tripped for job in run.finished):
+            self._flush(run)
         jobs = self._claim(self.batch_size)
         if len(jobs) < self.batch_size:  # drained: don't ask again at every answer
             run.next_claim = now + FLUSH_INTERVAL
@@ -261,21 +273,22 @@ class Outbox:
         aliases = [self.provider] if self.provider else conf.provider_aliases()
         return [alias for alias in aliases if _receives_reports(alias)]
 
-    def _flush(self, run: _Run) -> None:
+    def _flush(self, run: _Run) -> bool:
         """Write the finished jobs' results; on a survived database error keep them for the
-        next flush."""
+        next flush. True when results were written."""
         if not run.finished:
-            return
+            return False
         batch = DispatchSummary()
         with self._surviving_database_errors("writing results"):
             self._write(run.finished, batch)
             run.finished.clear()
         if run.finished:
-            return
+            return False
         run.total.add(batch)
         run.total.seconds = time.monotonic() - run.started
         self._report(batch, run.total)
         self._apply_connection_reports()
+        return True
 
     def _report(self, batch: DispatchSummary, total: DispatchSummary) -> None:
         """The progress line of a written batch, with the rate of the current busy spell (an
