@@ -3,6 +3,7 @@ delivery report overtakes the send result."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -69,9 +70,10 @@ def test_run_worker_once_batches_and_each_message_uses_a_rate_limit_slot(smsru_o
     acquired = []
 
     class CountingLimiter:
-        def acquire(self, stop=None):
-            acquired.append(1)
-            return True
+        @contextlib.contextmanager
+        def hold(self, count=1, stop=None):
+            acquired.extend([1] * count)
+            yield True
 
     monkeypatch.setattr(pool, "get_rate_limiter", lambda alias, rate: CountingLimiter())
     make_contacts(120)

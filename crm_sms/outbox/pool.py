@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -146,13 +147,14 @@ def send_group(jobs: list[Job], gate: ProviderGate, stop: threading.Event) -> li
     answer = None  # what the gate learns from this request
     try:
         limiter = get_rate_limiter(backend.alias, backend.rate_limit)
-        if limiter is not None:
-            for _ in jobs:
-                if not limiter.acquire(stop):
-                    for job in jobs:
-                        job.given_back = "stopping"
-                    return jobs
-        results = request(backend, jobs)
+        # A place per message, held until the request is answered: the provider never sees
+        # more than RATE_LIMIT in a second, however late the request reaches it.
+        with limiter.hold(len(jobs), stop) if limiter else nullcontext(True) as granted:
+            if not granted:
+                for job in jobs:
+                    job.given_back = "stopping"
+                return jobs
+            results = request(backend, jobs)
         for job, result in zip(jobs, results, strict=True):
             job.result = result
         answer = gate_answer(results)
