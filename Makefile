@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 DEMO_PORT ?= 8000
 SANDBOX_PORT ?= 8999
-DEMO_ENV := SMS_URL="megafon+http://demo:demo-password@127.0.0.1:$(SANDBOX_PORT)/?sender=CRM-Demo" \
+DEMO_SENDER ?= CRM-Demo
+DEMO_ENV := SMS_URL="megafon+http://demo:demo-password@127.0.0.1:$(SANDBOX_PORT)/?sender=$(DEMO_SENDER)" \
 	SMS_PUBLIC_URL="http://127.0.0.1:$(DEMO_PORT)" SMS_CALLBACK_TOKEN="demo-callback-token"
 
 .PHONY: demo test lint format install clean messages
@@ -27,15 +28,20 @@ $(VENV)/.installed-dev: $(PY) pyproject.toml
 
 install: $(VENV)/.installed
 
+# Ctrl-C stops the three processes cleanly: manage.py demo_run passes it on to each and waits.
 demo: $(VENV)/.installed
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput
 	$(DEMO_ENV) $(PY) manage.py load_demo_data
 	$(DEMO_ENV) $(PY) manage.py demo_superuser --url http://127.0.0.1:$(DEMO_PORT)/admin/
-	@echo "Starting the MegaFon sandbox (:$(SANDBOX_PORT)), a worker and the site on http://127.0.0.1:$(DEMO_PORT)/admin/"
-	@trap 'kill 0' EXIT INT TERM; \
-	$(DEMO_ENV) $(PY) manage.py sms_sandbox --port $(SANDBOX_PORT) --login demo --password demo-password & \
-	$(DEMO_ENV) $(PY) manage.py sms_worker & \
-	$(DEMO_ENV) $(PY) manage.py runserver 127.0.0.1:$(DEMO_PORT)
+	@echo "  Admin in English: pick English in the language menu at the top right of the admin"
+	@echo "  (or put English first in the browser's languages)."
+	@echo "  SMS dashboard: http://127.0.0.1:$(DEMO_PORT)/admin/crm_sms/dashboard/"
+	@echo ""
+	@echo "Starting the MegaFon sandbox (:$(SANDBOX_PORT)), a worker and the site on http://127.0.0.1:$(DEMO_PORT)/admin/ (Ctrl-C stops them)"
+	@$(DEMO_ENV) $(PY) manage.py demo_run \
+		"sms_sandbox --port $(SANDBOX_PORT) --login demo --password demo-password --sender $(DEMO_SENDER)" \
+		"sms_worker" \
+		"runserver 127.0.0.1:$(DEMO_PORT)"
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -200,43 +200,18 @@ FINAL_MIX = (
     (996, "sent"),
     (1000, "uncertain"),
 )
+_SENT = (("send", "queued", "sending"), ("send", "sending", "sent"))
+_RETRIED = (("send", "queued", "sending"), ("retry", "sending", "queued"))
+# The (source, old status, new status) of a message's events, by its final status.
 EVENT_PATHS = {
-    "delivered": (
-        ("send", "queued", "sending"),
-        ("send", "sending", "sent"),
-        ("callback", "sent", "delivered"),
-    ),
-    "undelivered": (
-        ("send", "queued", "sending"),
-        ("send", "sending", "sent"),
-        ("callback", "sent", "undelivered"),
-    ),
-    "failed": (
-        ("send", "queued", "sending"),
-        ("retry", "sending", "queued"),
-        ("send", "queued", "failed"),
-    ),
-    "sent": (("send", "queued", "sending"), ("send", "sending", "sent"), ("poll", "sent", "sent")),
-    "uncertain": (
-        ("send", "queued", "sending"),
-        ("retry", "sending", "queued"),
-        ("send", "sending", "uncertain"),
-    ),
-    "cancelled": (
-        ("send", "queued", "sending"),
-        ("retry", "sending", "queued"),
-        ("admin", "queued", "cancelled"),
-    ),
-    "queued": (
-        ("send", "queued", "sending"),
-        ("retry", "sending", "queued"),
-        ("retry", "queued", "queued"),
-    ),
-    "sending": (
-        ("send", "queued", "sending"),
-        ("retry", "sending", "queued"),
-        ("send", "queued", "sending"),
-    ),
+    "delivered": (*_SENT, ("callback", "sent", "delivered")),
+    "undelivered": (*_SENT, ("callback", "sent", "undelivered")),
+    "sent": (*_SENT, ("poll", "sent", "sent")),
+    "failed": (*_RETRIED, ("send", "queued", "failed")),
+    "uncertain": (*_RETRIED, ("send", "sending", "uncertain")),
+    "cancelled": (*_RETRIED, ("admin", "queued", "cancelled")),
+    "queued": (*_RETRIED, ("retry", "queued", "queued")),
+    "sending": (*_RETRIED, ("send", "queued", "sending")),
 }
 
 

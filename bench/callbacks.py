@@ -1,14 +1,19 @@
-"""How many delivery reports per second the callback endpoint absorbs (gunicorn, PostgreSQL).
+"""Delivery reports per second through the callback endpoint, direct vs queued, side by side.
 
-    .venv/bin/python bench/callbacks.py [--messages 5000] [--workers 2] [--clients 16]
-        [--database-url postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks]
-        [--conn-max-age 60] [--gunicorn-threads 1] [--keep-db]
+    .venv/bin/python bench/callbacks.py [--messages 20000] [--direct-messages 3000]
+        [--workers 2] [--gunicorn-threads 8] [--clients 32] [--modes direct,queued]
+        [--database-url $DATABASE_URL or postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks]
+        [--conn-max-age 60] [--keep-db]
 
-It creates (or recreates) the bench database, migrates it, inserts N ``sent`` MegaFon messages,
-starts gunicorn with ``config.wsgi`` on an ephemeral loopback port (a socket bound here and handed
-over as ``fd://``), posts one MegaFon-format report per message from a thread pool of keep-alive
-``requests`` sessions, then posts every report a second time (the repeats a provider sends), and
-checks that every message became ``delivered`` with exactly one event. Prints JSON.
+It creates (or recreates) the bench database and migrates it. For each mode it inserts its own
+``sent`` MegaFon messages, starts gunicorn (``config.wsgi``, ``SMS_REPORTS=<mode>``) on an
+ephemeral loopback port (a socket bound here and handed over as ``fd://``), posts one
+MegaFon-format report per message from keep-alive raw-socket clients (cheap, so the client is
+not what is measured), then posts every report a second time (the repeats a provider sends).
+In "queued" mode ``manage.py sms_reports`` applies the queue while the reports arrive, and the
+bench also measures how long until every message is ``delivered``. It checks that every message
+became ``delivered`` with exactly one event and prints JSON, with ``os.getloadavg()`` (the
+machine may be shared).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -28,9 +34,11 @@ from pathlib import Path
 from _setup import ROOT, drop_database, recreate_database  # noqa: E402  (the bench folder)
 
 TOKEN = "bench-callback-token"
+PATH = f"/sms/callback/default/{TOKEN}/"
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks"
 
 
-def environment(database_url: str) -> dict[str, str]:
+def environment(database_url: str, mode: str = "direct") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,
@@ -43,12 +51,19 @@ def environment(database_url: str) -> dict[str, str]:
         SMS_PUBLIC_URL="http://127.0.0.1",
         SMS_CALLBACK_TOKEN=TOKEN,
         SMS_LOG_LEVEL="WARNING",
+        SMS_REPORTS=mode,
         DJANGO_SETTINGS_MODULE="config.settings",
     )
     return env
 
 
-def insert_messages(n: int) -> list[str]:
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def insert_messages(n: int, start: int = 0) -> list:
+    """``n`` sent MegaFon messages (provider ids ``r<start>``…), with their ids."""
+    from django.db import connection
     from django.utils import timezone
 
     from crm_sms.models import Message, MessageStatus, new_msg_id
@@ -64,15 +79,13 @@ def insert_messages(n: int) -> list[str]:
             provider_message_id=f"r{i}",
             sent_at=now,
         )
-        for i in range(n)
+        for i in range(start, start + n)
     ]
     Message.objects.bulk_create(rows, batch_size=2000)
-    from django.db import connection
-
     with connection.cursor() as cursor:
         # Fresh statistics, as a live table has: the report lookup then uses both indexes.
         cursor.execute("ANALYZE crm_sms_message")
-    return [m.msg_id for m in rows]
+    return rows
 
 
 def report(msg_id: str, i: int) -> bytes:
@@ -87,22 +100,79 @@ def report(msg_id: str, i: int) -> bytes:
     ).encode()
 
 
-def post_all(url: str, bodies: list[bytes], clients: int) -> dict:
-    import requests
+def http_request(body: bytes) -> bytes:
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
+
+class Connection:
+    """A keep-alive HTTP/1.1 client on a raw socket: a few microseconds per request, so the
+    bench measures the server. Reconnects when the server closes (gunicorn's sync workers
+    close after every answer)."""
+
+    def __init__(self, port: int):
+        self.port, self.sock, self.buffer = port, None, b""
+
+    def post(self, request: bytes) -> int:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        try:
+            self.sock.sendall(request)
+            status, close = self._answer()
+        except OSError:
+            self.close()
+            raise
+        if close:
+            self.close()
+        return status
+
+    def _answer(self) -> tuple[int, bool]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(":", 1) for line in lines[1:])
+        headers = {k.strip().lower(): v.strip().lower() for k, v in headers.items()}
+        length = int(headers.get("content-length", "0"))
+        while len(self.buffer) < length:
+            self._read()
+        self.buffer = self.buffer[length:]
+        return int(lines[0].split()[1]), headers.get("connection") == "close"
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+def post_all(port: int, bodies: list[bytes], clients: int) -> dict:
+    """Post every body from ``clients`` threads (each its own connection); rate, latency."""
+    requests = [http_request(body) for body in bodies]
     local = threading.local()
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
-    def post(body: bytes) -> None:
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
+    def post(request: bytes) -> None:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = Connection(port)
         started = time.perf_counter()
-        status = session.post(
-            url, data=body, headers={"Content-Type": "application/json"}, timeout=30
-        ).status_code
+        try:
+            status = connection.post(request)
+        except OSError:
+            status = 0  # no answer: counted, never retried (the provider would retry)
         elapsed = time.perf_counter() - started
         with lock:
             latencies.append(elapsed)
@@ -110,7 +180,7 @@ def post_all(url: str, bodies: list[bytes], clients: int) -> dict:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(post, bodies))
+        list(pool.map(post, requests))
     seconds = time.perf_counter() - started
     latencies.sort()
     return {
@@ -120,72 +190,30 @@ def post_all(url: str, bodies: list[bytes], clients: int) -> dict:
         "latency_ms_p50": round(statistics.median(latencies) * 1000, 2),
         "latency_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
         "http_statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "loadavg": loadavg(),
     }
 
 
-def wait_until_up(url: str, timeout: float = 30) -> None:
-    import requests
-
+def wait_until_up(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
+    probe = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=2).status_code == 405:  # the view answers GET 405
+            if Connection(port).post(probe) == 405:  # the view answers GET 405
                 return
-        except requests.RequestException:
+        except OSError:
             pass
         time.sleep(0.1)
     raise SystemExit("gunicorn did not come up")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--gunicorn-threads", type=int, default=1, help=">1: gthread workers")
-    parser.add_argument("--clients", type=int, default=16, help="posting threads")
-    parser.add_argument(
-        "--database-url", default="postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks"
-    )
-    parser.add_argument(
-        "--conn-max-age",
-        type=int,
-        default=60,
-        help="Django CONN_MAX_AGE (0: a connection per request)",
-    )
-    parser.add_argument("--keep-db", action="store_true")
-    args = parser.parse_args()
-
-    database_url = args.database_url
-    if args.conn_max_age:
-        database_url += ("&" if "?" in database_url else "?") + f"conn_max_age={args.conn_max_age}"
-    env = environment(database_url)
-    recreate_database(args.database_url)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-    )
-
-    os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.db import connection
-
-    from crm_sms.models import Message, MessageEvent, MessageStatus
-
-    msg_ids = insert_messages(args.messages)
-    bodies = [report(m, i) for i, m in enumerate(msg_ids)]
-    connection.close()
-
+def start_gunicorn(args: argparse.Namespace, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     port = listener.getsockname()[1]
-    gunicorn = [
+    command = [
         str(Path(sys.executable).with_name("gunicorn")),
         "config.wsgi",
         "--bind",
@@ -196,23 +224,211 @@ def main() -> None:
         "warning",
     ]
     if args.gunicorn_threads > 1:
-        gunicorn += ["--worker-class", "gthread", "--threads", str(args.gunicorn_threads)]
-    server = subprocess.Popen(gunicorn, cwd=ROOT, env=env, pass_fds=(listener.fileno(),))
-    try:
-        url = f"http://127.0.0.1:{port}/sms/callback/default/{TOKEN}/"
-        wait_until_up(url)
-        first = post_all(url, bodies, args.clients)
-        repeat = post_all(url, bodies, args.clients)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        listener.close()
+        command += ["--worker-class", "gthread", "--threads", str(args.gunicorn_threads)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=(listener.fileno(),))
+    listener.close()  # gunicorn has its own copy
+    wait_until_up(port)
+    return server, port
 
-    delivered = Message.objects.filter(status=MessageStatus.DELIVERED).count()
-    events = MessageEvent.objects.count()
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class QueueWatch:
+    """Samples the report queue's length and the delivered count of a mode's messages every
+    0.1 s (one short query each), from the moment the first report is posted."""
+
+    def __init__(self, first_pk: int, last_pk: int, expected: int):
+        self.first_pk, self.last_pk, self.expected = first_pk, last_pk, expected
+        self.started = time.perf_counter()
+        self.max_rows = 0
+        self.all_delivered_s: float | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        from crm_sms.models import Message, MessageStatus, QueuedReport
+
+        mine = Message.objects.filter(pk__gte=self.first_pk, pk__lte=self.last_pk)
+        while not self.done.is_set():
+            self.max_rows = max(self.max_rows, QueuedReport.objects.count())
+            if self.all_delivered_s is None:
+                if mine.filter(status=MessageStatus.DELIVERED).count() == self.expected:
+                    self.all_delivered_s = time.perf_counter() - self.started
+            self.done.wait(0.1)
+        connection.close()
+
+    def wait_empty(self, timeout: float = 600) -> float:
+        """Seconds from the first post until the queue is empty and every message delivered."""
+        from crm_sms.models import QueuedReport
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.all_delivered_s is not None and not QueuedReport.objects.exists():
+                return time.perf_counter() - self.started
+            time.sleep(0.05)
+        raise SystemExit("the queue was not applied in time")
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def process_cpu(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of process ``pid`` from /proc; (0, 0.0) when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0, 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent, by side: gunicorn (master and workers), PostgreSQL (the backends of
+    the bench database), the applier, and this process (the posting clients, the watch). On a
+    shared machine rates depend on the load; CPU per report does much less."""
+
+    def __init__(self, server: subprocess.Popen, applier: subprocess.Popen | None):
+        self.server, self.applier = server, applier
+        self.before = self.sample()
+
+    def sample(self) -> dict[str, float]:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                if connection.vendor == "postgresql"
+                else "SELECT 0"
+            )
+            backends = [pid for (pid,) in cursor.fetchall() if pid]
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        gunicorn = [self.server.pid] + [p for p in workers if process_cpu(p)[0] == self.server.pid]
+        return {
+            "gunicorn": sum(process_cpu(p)[1] for p in gunicorn),
+            "postgres": sum(process_cpu(p)[1] for p in backends),
+            "applier": process_cpu(self.applier.pid)[1] if self.applier else 0.0,
+            "bench_client": time.process_time(),
+        }
+
+    def ms_per_report(self, reports: int) -> dict[str, float]:
+        after = self.sample()
+        return {k: round((after[k] - self.before[k]) * 1000 / reports, 3) for k in after}
+
+
+def start_applier(env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "manage.py", "sms_reports", "--json", "--sleep", "0.05"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def post_and_apply(port: int, bodies: list[bytes], clients: int, watch, meter) -> dict:
+    """Post the first reports, then their repeats; with a queue, wait for it to be applied."""
+    n = len(bodies)
+    result = {"first_reports": post_all(port, bodies, clients)}
+    if watch is not None:
+        result["all_applied_s"] = round(watch.wait_empty(), 3)
+        result["applied_reports_per_s"] = round(n / result["all_applied_s"], 1)
+        result["applied_after_last_answer_s"] = round(
+            result["all_applied_s"] - result["first_reports"]["seconds"], 3
+        )
+    result["cpu_ms_per_report"] = meter.ms_per_report(n)
+    result["repeated_reports"] = post_all(port, bodies, clients)
+    if watch is not None:
+        watch.started = time.perf_counter()
+        result["repeats_applied_after_last_answer_s"] = round(watch.wait_empty(), 3)
+        result["queue_max_rows"] = watch.max_rows
+    return result
+
+
+def run_mode(mode: str, n: int, start: int, args, database_url: str) -> dict:
+    """One mode: its messages, gunicorn (and the applier), first reports and repeats, checks."""
+    from django.db import connection
+
+    rows = insert_messages(n, start)
+    bodies = [report(m.msg_id, start + i) for i, m in enumerate(rows)]
+    first_pk, last_pk = min(m.pk for m in rows), max(m.pk for m in rows)
+    env = environment(database_url, mode)
+    result: dict = {"messages": n, "loadavg_before": loadavg()}
+    server, port = start_gunicorn(args, env)
+    applier = start_applier(env) if mode == "queued" else None
+    watch = QueueWatch(first_pk, last_pk, n) if applier else None
+    try:
+        meter = CpuMeter(server, applier)
+        result.update(post_and_apply(port, bodies, args.clients, watch, meter))
+    finally:
+        if watch is not None:
+            watch.close()
+        if applier is not None:
+            stop(applier)
+            result["applier_output"] = [json.loads(line) for line in applier.stdout if line.strip()]
+        stop(server)
+    result["verification"] = verify(first_pk, last_pk, n, result)
+    connection.close()
+    return result
+
+
+def verify(first_pk: int, last_pk: int, n: int, result: dict) -> dict:
+    """Every message of the mode delivered, with exactly one event; every answer 200."""
+    from crm_sms.models import Message, MessageEvent, MessageStatus
+
+    mine = Message.objects.filter(pk__gte=first_pk, pk__lte=last_pk)
+    delivered = mine.filter(status=MessageStatus.DELIVERED).count()
+    events = MessageEvent.objects.filter(message__in=mine).count()
+    answers = set(result["first_reports"]["http_statuses"])
+    answers |= set(result["repeated_reports"]["http_statuses"])
+    return {
+        "delivered": delivered,
+        "events": events,
+        "all_delivered": delivered == n,
+        "one_event_each": events == n,
+        "all_200": answers == {"200"},
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=20000, help="reports in queued mode")
+    parser.add_argument("--direct-messages", type=int, default=3000, help="in direct mode")
+    parser.add_argument("--modes", default="direct,queued")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument(
+        "--gunicorn-threads", type=int, default=8, help="gthread threads per worker (1: sync)"
+    )
+    parser.add_argument("--clients", type=int, default=32, help="posting connections")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--conn-max-age", type=int, default=60, help="Django CONN_MAX_AGE (0: one per request)"
+    )
+    parser.add_argument("--keep-db", action="store_true")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    database_url = args.database_url
+    if args.conn_max_age:
+        database_url += ("&" if "?" in database_url else "?") + f"conn_max_age={args.conn_max_age}"
+    env = environment(database_url)
+    recreate_database(args.database_url)
+    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
+    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.db import connection
+
     result = {
         "bench": "callbacks",
         "database": connection.vendor,
@@ -220,23 +436,32 @@ def main() -> None:
         "gunicorn_threads": args.gunicorn_threads,
         "conn_max_age": args.conn_max_age,
         "clients": args.clients,
-        "messages": args.messages,
-        "first_reports": first,
-        "repeated_reports": repeat,
-        "verification": {
-            "delivered": delivered,
-            "events": events,
-            "all_delivered": delivered == args.messages,
-            "one_event_each": events == args.messages,
-            "all_200": set(first["http_statuses"]) == {"200"}
-            and set(repeat["http_statuses"]) == {"200"},
-        },
+        "cpus": os.cpu_count(),
+        "loadavg_start": loadavg(),
     }
+    start = 0
+    for mode in args.modes.split(","):
+        n = args.direct_messages if mode == "direct" else args.messages
+        result[mode] = run_mode(mode, n, start, args, database_url)
+        start += n
+    if "direct" in result and "queued" in result:
+        direct, queued = result["direct"], result["queued"]
+        result["queued_vs_direct"] = {
+            "answered_x": round(
+                queued["first_reports"]["reports_per_s"] / direct["first_reports"]["reports_per_s"],
+                1,
+            ),
+            "applied_x": round(
+                queued["applied_reports_per_s"] / direct["first_reports"]["reports_per_s"], 1
+            ),
+        }
+    result["loadavg_end"] = loadavg()
     connection.close()
     if not args.keep_db:
         drop_database(args.database_url)
     print(json.dumps(result, indent=2))
-    if not all(result["verification"][k] for k in ("all_delivered", "one_event_each", "all_200")):
+    checks = ("all_delivered", "one_event_each", "all_200")
+    if not all(result[m]["verification"][k] for m in args.modes.split(",") for k in checks):
         sys.exit(1)
 
 

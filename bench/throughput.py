@@ -1,16 +1,26 @@
-"""Throughput of the outbox worker against a plain keep-alive client, measured at the sandbox.
+"""Throughput of the outbox worker against a plain keep-alive client, measured at the sandbox,
+and how the rate grows with worker processes on one database.
 
     .venv/bin/python bench/throughput.py [-n 3000] [--latency-ms 20] [--concurrency 32]
+        [--rounds 5] [--processes 1,2,4] [--debug]
 
-Both push the same number of messages with the same payloads at the same concurrency to one
-MegaFon sandbox (answering after ``latency_ms``) in the same run. The worker
-(``manage.py sms_worker --once``) also claims rows, writes results and events to the database
-(a temporary SQLite file, or DATABASE_URL); the plain client (threads sharing one keep-alive
-``requests.Session``) only posts. Each runs in its own process, as a worker does in
-production, while the sandbox runs in this one; ``--in-process`` runs both in this process
-instead (then they share its GIL with the sandbox). Prints JSON with both rates (requests per
-second as the sandbox received them) and their ratio; with ``--rounds`` the two alternate and
-the medians are reported (a busy machine varies a lot).
+The ratio: both push the same number of messages with the same payloads at the same
+concurrency to one MegaFon sandbox (answering after ``latency_ms``), alternating round by
+round, so each ratio is measured side by side. The worker (``manage.py sms_worker --once``)
+also claims rows, writes results and events to the database (a temporary SQLite file, or
+DATABASE_URL); the plain client (threads sharing one keep-alive ``requests.Session``) only
+posts. Each runs in its own process, as a worker does in production, while the sandbox runs in
+this one; ``--in-process`` runs both in this process instead (then they share its GIL with the
+sandbox). The worker runs with DEBUG off, as in production (``--debug``: Django's DEBUG on,
+which logs every query); the load average is printed with each round.
+
+The scaling (``--processes 1,2,4``, PostgreSQL): that many worker processes (each the Outbox
+in a child of this script, started together once all are ready) share one queue on one
+database; the sandbox answers after ``--scale-latency-ms`` so that each worker's concurrency,
+not the provider, bounds its rate. Prints msgs/s per process count against N times the rate
+of one (``vs_n_times_first``).
+
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -119,97 +129,226 @@ def worker_process(concurrency: int, batch_size: int) -> dict:
     }
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--plain-client"]:
-        run_plain_client_child(sys.argv[2:])
-        return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=3000, help="messages (3000)")
-    parser.add_argument("--latency-ms", type=float, default=20, help="sandbox latency (20)")
-    parser.add_argument("--concurrency", type=int, default=32, help="parallel requests (32)")
-    parser.add_argument("--batch-size", type=int, default=500, help="worker claim size (500)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="worker/plain rounds; medians reported (3)"
-    )
-    parser.add_argument(
-        "--in-process", action="store_true", help="run worker and client in this process"
-    )
-    args = parser.parse_args()
+def run_worker_child(argv: list[str]) -> None:
+    """A scaling child: set up Django, say ``ready``, wait for ``go``, run the Outbox until
+    nothing is due and print its summary as JSON."""
+    concurrency, batch_size = int(argv[0]), int(argv[1])
+    import django
 
     sys.path.insert(0, str(ROOT))
-    from crm_sms.sandbox import SandboxServer
-
-    sandbox = SandboxServer(latency_ms=args.latency_ms, callbacks=False).start()
-    setup_django(sandbox.sms_url() + f"&pool_size={args.concurrency}")
-
-    from django.db import connections
-
-    from crm_sms.backends import get_backend
-    from crm_sms.backends.base import OutgoingSMS
-    from crm_sms.models import Message, MessageStatus, new_msg_ids
+    django.setup()
     from crm_sms.outbox import run_worker
 
-    backend = get_backend()
-    worker_runs, plain_runs = [], []
+    print("ready", flush=True)
+    sys.stdin.readline()
+    summary = run_worker(once=True, concurrency=concurrency, batch_size=batch_size)
+    print(json.dumps(summary.as_dict()), flush=True)
+
+
+def production_env(debug: bool) -> dict[str, str]:
+    """DEBUG off (with a key of this run) unless ``debug``: the settings a worker runs with."""
+    if debug:
+        return {"DEBUG": "1"}
+    from secrets import token_urlsafe
+
+    return {"DEBUG": "0", "SECRET_KEY": token_urlsafe(50)}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def measure_ratio(args, sandbox) -> dict:
+    """Worker and plain client, alternating ``args.rounds`` times."""
+    from django.db import connections
+
+    from crm_sms.models import Message, MessageStatus
+    from crm_sms.outbox import run_worker
+
+    rounds = []
     for _ in range(args.rounds):
-        # The worker: queue a campaign, then send everything due.
         Message.objects.all().delete()
         queue_messages(args.n)
         sandbox.reset()
+        load_before = load()
         if args.in_process:
             started = time.monotonic()
             summary = run_worker(
                 once=True, concurrency=args.concurrency, batch_size=args.batch_size
             )
-            details = {
-                "wall_seconds": round(time.monotonic() - started, 3),
-                "output": summary.as_dict(),
-            }
+            details = {"wall_seconds": round(time.monotonic() - started, 3)}
+            details["output"] = summary.as_dict()
         else:
             connections.close_all()  # the worker process writes; hold nothing open
             details = worker_process(args.concurrency, args.batch_size)
         worker = window_stats([r.received_at for r in sandbox.requests])
         worker.update(sent=Message.objects.filter(status=MessageStatus.SENT).count(), **details)
-        worker_runs.append(worker)
+        plain = measure_plain(args, sandbox)
+        rounds.append((worker, plain, load_before))
+    return summarize_ratio(rounds)
 
-        # The plain client: the same payloads (text, sender, number), fresh msg_ids.
-        payloads = []
-        rows = Message.objects.values_list("phone", "text", "sender")
-        for (phone, text, sender), msg_id in zip(rows, new_msg_ids(args.n), strict=False):
-            sms = OutgoingSMS(to=phone, text=text, sender=sender, msg_id=msg_id)
-            payloads.append(backend.encode_payload(backend.build_payload(sms)))
+
+def measure_plain(args, sandbox) -> dict:
+    """The plain client on the worker's payloads (text, sender, number), fresh msg_ids."""
+    from crm_sms.backends import get_backend
+    from crm_sms.backends.base import OutgoingSMS
+    from crm_sms.models import Message, new_msg_ids
+
+    backend = get_backend()
+    payloads = []
+    rows = Message.objects.values_list("phone", "text", "sender")
+    for (phone, text, sender), msg_id in zip(rows, new_msg_ids(args.n), strict=False):
+        sms = OutgoingSMS(to=phone, text=text, sender=sender, msg_id=msg_id)
+        payloads.append(backend.encode_payload(backend.build_payload(sms)))
+    sandbox.reset()
+    if args.in_process:
+        seconds = plain_client(sandbox, payloads, args.concurrency)
+    else:
+        seconds = plain_client_process(sandbox, payloads, args.concurrency)
+    plain = window_stats([r.received_at for r in sandbox.requests])
+    plain.update(wall_seconds=round(seconds, 3))
+    return plain
+
+
+def summarize_ratio(rounds: list[tuple[dict, dict, list[float]]]) -> dict:
+    """Medians, and each round's ratio (worker and client measured side by side) with the
+    1-minute load average when it started."""
+    ratios = [round(worker["rate"] / plain["rate"], 3) for worker, plain, _ in rounds]
+    return {
+        "worker_rate_at_sandbox": statistics.median(worker["rate"] for worker, _, _ in rounds),
+        "plain_client_rate_at_sandbox": statistics.median(plain["rate"] for _, plain, _ in rounds),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_per_round": ratios,
+        "load_per_round": [load_before[0] for _, _, load_before in rounds],
+        "worker_runs": [worker for worker, _, _ in rounds],
+        "plain_client_runs": [plain for _, plain, _ in rounds],
+    }
+
+
+def measure_scaling(args, sandbox, counts: list[int]) -> list[dict]:
+    """For each process count N: N workers started together on one queue of N x ``-n``."""
+    from django.db import connections
+
+    from crm_sms.models import Message, MessageStatus
+
+    sandbox.configure(latency_ms=args.scale_latency_ms)
+    results, first = [], None
+    for count in counts:
+        Message.objects.all().delete()
+        queue_messages(args.scale_n * count)
+        connections.close_all()
         sandbox.reset()
-        if args.in_process:
-            plain_seconds = plain_client(sandbox, payloads, args.concurrency)
-        else:
-            plain_seconds = plain_client_process(sandbox, payloads, args.concurrency)
-        plain = window_stats([r.received_at for r in sandbox.requests])
-        plain.update(wall_seconds=round(plain_seconds, 3))
-        plain_runs.append(plain)
-    sandbox.stop()
-
-    ratios = [w["rate"] / p["rate"] for w, p in zip(worker_runs, plain_runs, strict=True)]
-    worker_rate = statistics.median(w["rate"] for w in worker_runs)
-    plain_rate = statistics.median(p["rate"] for p in plain_runs)
-    print(
-        json.dumps(
+        load_before = load()
+        summaries = run_children(count, args.scale_concurrency, args.scale_batch_size)
+        stats = window_stats([r.received_at for r in sandbox.requests])
+        first = first or stats["rate"]
+        results.append(
             {
-                "messages": args.n,
-                "latency_ms": args.latency_ms,
-                "concurrency": args.concurrency,
-                "rounds": args.rounds,
-                "mode": "in-process" if args.in_process else "separate processes",
-                "worker_rate_at_sandbox": worker_rate,
-                "plain_client_rate_at_sandbox": plain_rate,
-                "ratio": round(worker_rate / plain_rate, 3),
-                "ratio_per_round": [round(r, 3) for r in ratios],
-                "ideal_rate": round(args.concurrency / (args.latency_ms / 1000), 1),
-                "worker_runs": worker_runs,
-                "plain_client_runs": plain_runs,
-            },
-            indent=2,
+                "processes": count,
+                "msgs_per_s": stats["rate"],
+                "per_process": round(stats["rate"] / count, 1),
+                "vs_n_times_first": round(stats["rate"] / (first * count / counts[0]), 3),
+                "ideal": round(count * args.scale_concurrency / args.scale_latency_ms * 1000, 1),
+                "sent": Message.objects.filter(status=MessageStatus.SENT).count(),
+                "sent_by_each": [s["sent"] for s in summaries],
+                "seconds": stats["seconds"],
+                "load_before": load_before,
+            }
         )
-    )
+    sandbox.configure(latency_ms=args.latency_ms)
+    return results
+
+
+def run_children(count: int, concurrency: int, batch_size: int) -> list[dict]:
+    """Start ``count`` worker children, wait until all are ready, start them together."""
+    command = [sys.executable, __file__, "--worker-child", str(concurrency), str(batch_size)]
+    children = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    for child in children:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("a worker child did not start")
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    summaries = []
+    for child in children:
+        out, _ = child.communicate(timeout=600)
+        if child.returncode:
+            raise RuntimeError(f"a worker child failed ({child.returncode})")
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    return summaries
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("-n", type=int, default=3000, help="messages per ratio round (3000)")
+    add("--latency-ms", type=float, default=20, help="sandbox latency (20)")
+    add("--concurrency", type=int, default=32, help="parallel requests (32)")
+    add("--batch-size", type=int, default=500, help="worker claim size (500)")
+    add("--rounds", type=int, default=3, help="worker/plain rounds; medians reported (3)")
+    add("--in-process", action="store_true", help="run worker and client in this process")
+    add("--debug", action="store_true", help="the worker with Django's DEBUG on")
+    add("--processes", default="", help="scaling: process counts, e.g. 1,2,4 (PostgreSQL)")
+    add("--scale-n", type=int, default=1500, help="scaling: messages per process (1500)")
+    add("--scale-latency-ms", type=float, default=100, help="scaling: sandbox latency (100)")
+    add("--scale-concurrency", type=int, default=16, help="scaling: per process (16)")
+    add("--scale-batch-size", type=int, default=100, help="scaling: claim size (100)")
+    add("--no-ratio", action="store_true", help="scaling only")
+    return parser.parse_args()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--plain-client"]:
+        run_plain_client_child(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--worker-child"]:
+        run_worker_child(sys.argv[2:])
+        return
+    args = parse_args()
+    sys.path.insert(0, str(ROOT))
+    from crm_sms.sandbox import SandboxServer
+
+    sandbox = SandboxServer(latency_ms=args.latency_ms, callbacks=False).start()
+    pool_size = max(args.concurrency, args.scale_concurrency)
+    setup_django(sandbox.sms_url() + f"&pool_size={pool_size}", **production_env(args.debug))
+    from django.db import connection
+
+    out = {
+        "database": connection.vendor,
+        "debug": args.debug,
+        "messages": args.n,
+        "latency_ms": args.latency_ms,
+        "concurrency": args.concurrency,
+        "batch_size": args.batch_size,
+        "mode": "in-process" if args.in_process else "separate processes",
+        "ideal_rate": round(args.concurrency / (args.latency_ms / 1000), 1),
+        "cpus": os.cpu_count(),
+    }
+    if not args.no_ratio:
+        out.update(measure_ratio(args, sandbox))
+    if args.processes and connection.vendor == "sqlite":
+        out["scaling"] = {"skipped": "several worker processes need PostgreSQL (DATABASE_URL)"}
+    elif args.processes:
+        counts = [int(n) for n in args.processes.split(",")]
+        out["scaling"] = {
+            "latency_ms": args.scale_latency_ms,
+            "concurrency_per_process": args.scale_concurrency,
+            "messages_per_process": args.scale_n,
+            "batch_size": args.scale_batch_size,
+            "runs": measure_scaling(args, sandbox, counts),
+        }
+    sandbox.stop()
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def send_sms(
 
     ``sender`` and ``provider`` (an alias) default to the provider's; ``contact`` links the
     message (else it is found by the phone). With ``now=True`` it is sent in this process and
-    comes back with its send status. ``translit=True`` writes Cyrillic in Latin letters;
+    comes back with its send status. It is a service (transactional) message: no consent is
+    asked for and it is not held for quiet hours (an advertising SMS to one contact is a
+    campaign of one). ``translit=True`` writes Cyrillic in Latin letters;
     ``smart_encoding`` (on) replaces look-alike punctuation (« » — … NBSP) when that makes the
     text GSM-7 (``crm_sms.translit``). See ``crm_sms.outbox.send_sms``.
     """
@@ -63,6 +65,8 @@ def send_campaign(
     variables: dict[str, str] | None = None,
     translit: bool = False,
     smart_encoding: bool = True,
+    kind: str = "service",
+    window: Any = "default",
 ) -> Campaign:
     """Create a campaign of ``text`` (a template) to the rows of ``contacts`` and queue it.
 
@@ -70,7 +74,10 @@ def send_campaign(
     ``variables`` maps template names to its fields (a Contact's names by default);
     ``scheduled_at`` in the future delays the start. Opted-out, invalid and duplicate phones
     are left out and counted. ``translit`` and ``smart_encoding`` transform each rendered
-    text as in ``send_sms``. See ``crm_sms.outbox.send_campaign``.
+    text as in ``send_sms``. ``kind="advertising"`` leaves out contacts without consent
+    (``crm_sms.consent``); each message goes only inside its ``window`` (the setting
+    ``SEND_WINDOW`` by default, e.g. "09:00-21:00"; None: any time) in its recipient's time
+    zone (``crm_sms.quiet_hours``). See ``crm_sms.outbox.send_campaign``.
     """
     from .outbox import send_campaign as queue_campaign
 
@@ -86,4 +93,6 @@ def send_campaign(
         variables=variables,
         translit=translit,
         smart_encoding=smart_encoding,
+        kind=kind,
+        window=window,
     )

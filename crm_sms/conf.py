@@ -38,6 +38,22 @@ DEFAULTS: dict[str, Any] = {
     # where reports wait while the database is away (crm_sms.inbox; None: under BASE_DIR).
     "CALLBACK_MAX_BYTES": 5 * 1024 * 1024,
     "REPORT_SPOOL_DIR": None,
+    # How the callback endpoint takes delivery reports: "direct" (applied in the request) or
+    # "queued" (one INSERT into the report queue, applied in batches: crm_sms.inbox).
+    "REPORTS": "direct",
+    # Quiet hours: the local times of each recipient between which campaigns send
+    # (crm_sms.quiet_hours; each campaign may have its own); "" or None: any time.
+    "SEND_WINDOW": "09:00-21:00",
+    # Replies (crm_sms.inbound): a reply that is one of these words opts its sender out (case,
+    # spaces and punctuation do not matter); the text sent back then ("": none); the phrase
+    # appended to advertising texts ("": none).
+    "OPT_OUT_KEYWORDS": ["STOP", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ", "UNSUBSCRIBE"],
+    "OPT_OUT_REPLY": "",
+    "UNSUBSCRIBE_TEXT": "",
+    # Failover (crm_sms.outbox.failover): provider aliases in order of preference. A provider
+    # that fails provider-wide, or refuses a message for a route reason, hands its queued
+    # messages to the next one (a new msg_id there). [] or one alias: campaigns pause instead.
+    "FAILOVER": [],
 }
 
 #: The built-in URL schemes: scheme -> backend class. A site adds its own (or replaces one) in
@@ -63,8 +79,14 @@ BUILTIN_SCHEMES: dict[str, str] = {
 #: Check id of an SMS_URL that cannot be read: not a URL, an unknown scheme or transport.
 BAD_URL = "crm_sms.E006"
 
-# Environment variable -> CRM_SMS key, and the type of its value.
-ENV_KEYS: dict[str, tuple[str, type]] = {
+
+def word_list(value: str) -> list[str]:
+    """A comma-separated environment value as a list of its non-empty items."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# Environment variable -> CRM_SMS key, and what reads its value (a type, or word_list).
+ENV_KEYS: dict[str, tuple[str, Any]] = {
     "SMS_PUBLIC_URL": ("PUBLIC_URL", str),
     "SMS_CALLBACK_TOKEN": ("CALLBACK_TOKEN", str),
     "SMS_CLAIM_TIMEOUT": ("CLAIM_TIMEOUT", float),
@@ -74,6 +96,12 @@ ENV_KEYS: dict[str, tuple[str, type]] = {
     "SMS_DEFAULT_REGION": ("DEFAULT_REGION", str),
     "SMS_CALLBACK_MAX_BYTES": ("CALLBACK_MAX_BYTES", int),
     "SMS_REPORT_SPOOL_DIR": ("REPORT_SPOOL_DIR", str),
+    "SMS_REPORTS": ("REPORTS", str),
+    "SMS_SEND_WINDOW": ("SEND_WINDOW", str),
+    "SMS_OPT_OUT_KEYWORDS": ("OPT_OUT_KEYWORDS", word_list),
+    "SMS_OPT_OUT_REPLY": ("OPT_OUT_REPLY", str),
+    "SMS_UNSUBSCRIBE_TEXT": ("UNSUBSCRIBE_TEXT", str),
+    "SMS_FAILOVER": ("FAILOVER", word_list),
 }
 
 
@@ -101,6 +129,28 @@ def provider_aliases() -> list[str]:
 
 def default_provider() -> str:
     return get_setting("DEFAULT_PROVIDER")
+
+
+def failover_chain() -> list[str]:
+    """``CRM_SMS["FAILOVER"]``: provider aliases in order of preference (a list, or a
+    comma-separated string as ``SMS_FAILOVER`` gives it); an alias named twice counts once."""
+    value = get_setting("FAILOVER") or []
+    items = word_list(value) if isinstance(value, str) else [str(a).strip() for a in value]
+    return list(dict.fromkeys(alias for alias in items if alias))
+
+
+#: The values of ``CRM_SMS["REPORTS"]``.
+REPORT_MODES = ("direct", "queued")
+
+
+def report_mode() -> str:
+    """``CRM_SMS["REPORTS"]`` (env ``SMS_REPORTS``): "direct" or "queued"."""
+    mode = str(get_setting("REPORTS") or "direct").strip().lower()
+    if mode not in REPORT_MODES:
+        raise ImproperlyConfigured(
+            f'CRM_SMS["REPORTS"] (env SMS_REPORTS) is {mode!r}; use "direct" or "queued".'
+        )
+    return mode
 
 
 def env_variable(alias: str) -> str:
@@ -328,7 +378,7 @@ def settings_from_env(
     return result
 
 
-def _number(env_key: str, value: str, cast: type) -> Any:
+def _number(env_key: str, value: str, cast: Any) -> Any:
     try:
         return cast(value)
     except ValueError as exc:

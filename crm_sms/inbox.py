@@ -1,26 +1,28 @@
-"""The report spool: delivery reports kept on disk while the database cannot take them.
+"""Delivery reports received and not applied yet: the spool (on disk, while the database
+cannot take them) and the report queue (a table, ``CRM_SMS["REPORTS"] = "queued"``).
 
-MegaFon cannot be asked for a status, so a report it posted is lost when we answer 500 often
-enough (it gives up after three tries). When applying a callback's reports fails because the
-database is unreachable or busy (``OperationalError``, ``InterfaceError``: connection refused,
-restarting, too many connections, a lock timeout), the endpoint writes them here and answers
-200; the worker's housekeeping and ``manage.py sms_status`` apply them later through
-``reports.apply_delivery_reports`` (idempotent and order-proof, so a late, repeated or
-reordered report changes nothing it should not).
-
-The spool is a directory (``CRM_SMS["REPORT_SPOOL_DIR"]``, env ``SMS_REPORT_SPOOL_DIR``;
-default ``<BASE_DIR>/sms-report-spool``) with one file per request, ``<time>-<pid>-<random>.jsonl``,
-one JSON object per report::
+**The spool.** MegaFon cannot be asked for a status, so a report it posted is lost when we
+answer 500 three times. When the database is unreachable or busy (``OperationalError``,
+``InterfaceError``), the endpoint writes the reports here and answers 200; the worker's
+housekeeping and ``manage.py sms_status`` apply them later through
+``reports.apply_delivery_reports`` (idempotent and order-proof). The directory
+(``CRM_SMS["REPORT_SPOOL_DIR"]``; default ``<BASE_DIR>/sms-report-spool``) has one file per
+request, ``<time>-<pid>-<random>.jsonl``, one JSON object per report::
 
     {"v": 1, "provider": "default", "source": "callback", "received_at": "2026-…+00:00",
      "report": {"status": "delivered", "msg_id": "…", "provider_message_id": "…",
                 "error_code": "", "error_message": "", "delivered_at": "…" or null, "raw": {…}}}
 
-A file is written under a temporary name (``.tmp-….part``), flushed and fsync'ed, then renamed, and
-the directory is fsync'ed: a file with the final name is always complete, and survives a crash
-or a power cut once the provider has its 200. Draining locks each file (``flock``), applies a
-few files' reports in one transaction, and deletes the files when it commits; a file that cannot
-be read or applied is renamed ``….broken`` and logged (rename it back to ``.jsonl`` to retry).
+A file is written under a temporary name (``.tmp-….part``), fsync'ed, renamed, and the
+directory fsync'ed: a file with the final name is complete and survives a power cut once the
+provider has its 200. Draining locks each file (``flock``), applies a few files' reports in one
+transaction and deletes them when it commits; a file that cannot be read or applied is renamed
+``….broken`` and logged (rename it back to ``.jsonl`` to retry).
+
+**The queue.** In "queued" mode a callback costs one INSERT of its cleaned reports
+(``queue_reports``: a ``QueuedReport`` row, a JSON list of the ``report`` objects above),
+committed before the answer; ``apply_queued_reports`` (``manage.py sms_reports``, the worker's
+housekeeping) applies the rows in batches and deletes them in the same transaction.
 """
 
 from __future__ import annotations
@@ -32,19 +34,20 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import conf
 from .backends.base import DeliveryReport
-from .models import EventSource
+from .models import EventSource, QueuedReport
 from .reports import apply_delivery_reports, clean_report
 
 try:  # POSIX; elsewhere two drainers may both apply a file (harmless: reports are idempotent)
@@ -83,19 +86,23 @@ def spool_dir() -> Path:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _report_line(report: DeliveryReport, head: dict[str, Any]) -> str:
+def _report_body(report: DeliveryReport) -> dict[str, Any]:
+    """``report`` cleaned (``reports.clean_report``) as a JSON object: a spool line's
+    ``report``, an item of a queued row's ``reports``."""
     report = clean_report(report)
-    delivered_at = report.delivered_at.isoformat() if report.delivered_at else None
-    body = {
+    return {
         "status": str(report.status),
         "msg_id": report.msg_id,
         "provider_message_id": report.provider_message_id,
         "error_code": report.error_code,
         "error_message": report.error_message,
-        "delivered_at": delivered_at,
+        "delivered_at": report.delivered_at.isoformat() if report.delivered_at else None,
         "raw": report.raw,
     }
-    return json.dumps({**head, "report": body}, separators=(",", ":"))
+
+
+def _report_line(report: DeliveryReport, head: dict[str, Any]) -> str:
+    return json.dumps({**head, "report": _report_body(report)}, separators=(",", ":"))
 
 
 def spool_reports(
@@ -161,6 +168,11 @@ def _parse_line(line: str) -> tuple[str, str, DeliveryReport]:
     provider, source, body = data.get("provider"), data.get("source"), data.get("report")
     if not isinstance(provider, str) or not provider or source not in _SOURCES:
         raise ValueError("no provider alias, or an unknown source")
+    return provider, source, _report_from_body(body)
+
+
+def _report_from_body(body: Any) -> DeliveryReport:
+    """The report a ``_report_body`` object holds; ValueError when it is not one."""
     if not isinstance(body, dict):
         raise ValueError("no report")
     delivered_at = body.get("delivered_at")
@@ -168,7 +180,7 @@ def _parse_line(line: str) -> tuple[str, str, DeliveryReport]:
         delivered_at = parse_datetime(delivered_at) if isinstance(delivered_at, str) else None
         if delivered_at is None:
             raise ValueError("delivered_at is not a time")
-    report = DeliveryReport(
+    return DeliveryReport(
         _text(body, "status"),
         msg_id=_text(body, "msg_id"),
         provider_message_id=_text(body, "provider_message_id"),
@@ -177,7 +189,6 @@ def _parse_line(line: str) -> tuple[str, str, DeliveryReport]:
         delivered_at=delivered_at,
         raw=body.get("raw"),
     )
-    return provider, source, report
 
 
 def read_spool_file(handle: IO[bytes]) -> list[tuple[str, str, DeliveryReport]]:
@@ -259,18 +270,23 @@ def _remove(paths: list[Path]) -> None:
             logger.error("Applied spool file %s could not be removed: %s", path, exc)
 
 
+def _apply_entries(entries: Iterable[tuple[str, str, DeliveryReport]]) -> Counter:
+    """Apply (provider, source, report) entries, a call of ``apply_delivery_reports`` per
+    provider and source; their counts summed."""
+    groups: dict[tuple[str, str], list[DeliveryReport]] = {}
+    for provider, source, report in entries:
+        groups.setdefault((provider, source), []).append(report)
+    applied: Counter = Counter()
+    for (provider, source), reports in groups.items():
+        applied.update(apply_delivery_reports(reports, provider=provider, source=source))
+    return applied
+
+
 def _apply(batch: _Batch, counts: dict[str, int]) -> None:
     """Apply a batch's reports in one transaction and remove its files when that commits."""
-    groups: dict[tuple[str, str], list[DeliveryReport]] = {}
-    for provider, source, report in batch.entries:
-        groups.setdefault((provider, source), []).append(report)
     paths = [path for path, _ in batch.files]
-    applied: dict[str, int] = {}
     with transaction.atomic():
-        for (provider, source), reports in groups.items():
-            result = apply_delivery_reports(reports, provider=provider, source=source)
-            for key, value in result.items():
-                applied[key] = applied.get(key, 0) + value
+        applied = _apply_entries(batch.entries)
         transaction.on_commit(lambda: _remove(paths))
     for key, value in applied.items():
         counts[key] = counts.get(key, 0) + value
@@ -372,3 +388,117 @@ def spooled_files() -> list[Path]:
     """The spool files waiting to be applied, oldest first."""
     directory = spool_dir()
     return _listed(directory) if directory.is_dir() else []
+
+
+# --- the report queue (CRM_SMS["REPORTS"] = "queued") ---------------------------------------
+
+#: Queued rows (callback requests) taken and applied in one transaction.
+QUEUE_BATCH = 500
+_QUEUED_COLUMNS = ("provider", "source", "received_at", "reports")
+
+
+def receive_reports(reports: list[DeliveryReport], *, provider: str) -> dict[str, int]:
+    """A callback's parsed reports, taken as ``CRM_SMS["REPORTS"]`` says: "direct" applies them
+    now (``apply_delivery_reports``'s counts), "queued" stores them (``queue_reports``).
+    OperationalError/InterfaceError: the database cannot take them (the view spools them)."""
+    if conf.report_mode() == "queued":
+        return {"received": len(reports), "queued": queue_reports(reports, provider=provider)}
+    return apply_delivery_reports(reports, provider=provider, source=EventSource.CALLBACK)
+
+
+def queue_reports(
+    reports: Iterable[DeliveryReport], *, provider: str, source: str = EventSource.CALLBACK
+) -> int:
+    """Store ``reports``, cleaned, as one ``QueuedReport`` row: one INSERT (no ORM ``save``,
+    no lookups), committed when this returns outside a transaction. Returns how many."""
+    bodies = [_report_body(report) for report in reports]
+    if not bodies:
+        return 0
+    meta, ops = QueuedReport._meta, connection.ops
+    fields = [meta.get_field(name) for name in _QUEUED_COLUMNS]
+    values = (provider, str(source), timezone.now(), json.dumps(bodies, separators=(",", ":")))
+    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
+    columns = ", ".join(ops.quote_name(f.column) for f in fields)
+    table = ops.quote_name(meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}, error) VALUES (%s, %s, %s, %s, '')", params
+        )
+    return len(bodies)
+
+
+def apply_queued_reports(
+    *, max_seconds: float | None = None, batch_size: int = QUEUE_BATCH
+) -> dict[str, int]:
+    """Apply the queued reports, oldest first, ``batch_size`` rows per transaction: the rows are
+    locked (``SKIP LOCKED`` where the database has it: two appliers never take one row; SQLite
+    has one writer) and deleted, their reports applied (``apply_delivery_reports``), and all
+    of it commits at once: after a crash in between the rows are still there. A batch that
+    fails for a reason other than the database is retried row by row; a row that fails alone
+    gets its ``error`` (logged) and waits for an operator.
+
+    Returns counts: ``rows`` applied, ``broken`` rows, ``apply_delivery_reports``'s counts
+    summed. OperationalError/InterfaceError: the database is away (the rows stay).
+    ``max_seconds`` bounds the time (a batch is never cut); None: until the queue is empty.
+    """
+    counts = Counter(rows=0, broken=0)
+    started = time.monotonic()
+    while _apply_queued_batch(batch_size, counts) >= batch_size:
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            break
+    if counts["rows"] or counts["broken"]:
+        logger.debug("Queued delivery reports applied: %s", dict(counts))
+    return counts
+
+
+def _apply_queued_batch(limit: int, counts: Counter, pk: int | None = None) -> int:
+    """Take up to ``limit`` rows (or row ``pk``), apply and delete them in one transaction;
+    returns how many rows it took."""
+    taken: list[int] = []
+    try:
+        with transaction.atomic():
+            rows = _take_rows(limit, pk)
+            taken = [row[0] for row in rows]
+            applied = _apply_entries(_queued_entries(rows))
+    except UNAVAILABLE:
+        raise
+    except Exception as exc:
+        if not taken:
+            raise
+        if len(taken) > 1:
+            logger.warning("Applying %d queued report rows failed; one by one now", len(taken))
+            for one in taken:
+                _apply_queued_batch(1, counts, pk=one)
+            return len(taken)
+        logger.exception("Applying queued delivery reports #%d failed", taken[0])
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        QueuedReport.objects.filter(pk=taken[0]).update(error=reason)
+        counts["broken"] += 1
+        return 1
+    counts.update(applied)
+    counts["rows"] += len(taken)
+    return len(taken)
+
+
+def _take_rows(limit: int, pk: int | None) -> list[tuple[int, str, str, str]]:
+    """Lock and delete up to ``limit`` waiting rows, in the caller's transaction."""
+    rows = QueuedReport.objects.filter(error="").order_by("pk")
+    if pk is not None:
+        rows = rows.filter(pk=pk)
+    if connection.features.has_select_for_update_skip_locked:
+        rows = rows.select_for_update(skip_locked=True)
+    taken = list(rows.values_list("pk", "provider", "source", "reports")[:limit])
+    if taken:
+        QueuedReport.objects.filter(pk__in=[row[0] for row in taken]).delete()
+    return taken
+
+
+def _queued_entries(rows: list[tuple[int, str, str, str]]) -> list[tuple[str, str, Any]]:
+    """(provider, source, report) of every report of ``rows``; ValueError for a broken row."""
+    entries = []
+    for pk, provider, source, text in rows:
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError(f"queued reports #{pk} are not a list")
+        entries.extend((provider, source, _report_from_body(item)) for item in items)
+    return entries

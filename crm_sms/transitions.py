@@ -85,6 +85,7 @@ MESSAGE_MOVES: tuple[Move, ...] = (
         WORKER,
         "its answer was lost and the provider neither drops repeats nor can be asked",
     ),
+    Move(M.QUEUED, M.QUEUED, WORKER, "moved to the next provider (failover), with a new msg_id"),
     # The provider's delivery reports (callbacks, polling and its report window).
     Move(M.QUEUED, M.SENT, REPORT, "a report overtook the send result"),
     Move(M.QUEUED, M.DELIVERED, REPORT, "a report overtook the send result"),
@@ -201,8 +202,8 @@ def move_messages(
     ``message_status_changed``). Returns the moves that took effect.
 
     ``where=None``: the caller holds the rows (``select_for_update`` in its transaction); rows
-    are written with per-row values (one prepared UPDATE per set of fields). A message may move twice in one
-    call (a report batch): its last values win and each move is an event.
+    are written with per-row values (``_write_rows``). A message may move twice in one call
+    (a report batch): its last values win and each move is an event.
     ``where=(field, ...)``: concurrent writers may have moved a row since it was read, so each
     row is written only where its status is still the move's ``old`` and each named field
     still has the instance's value (one conditional UPDATE per set of equal values); only the

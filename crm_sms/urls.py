@@ -8,4 +8,5 @@ app_name = "crm_sms"
 
 urlpatterns = [
     path("callback/<str:provider>/<str:token>/", webhooks.callback, name="callback"),
+    path("callback/<str:provider>/<str:token>/inbound/", webhooks.inbound, name="inbound"),
 ]

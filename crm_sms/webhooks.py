@@ -1,7 +1,10 @@
-"""The delivery-report endpoint: ``POST <prefix>/callback/<provider alias>/<token>/``.
+"""The delivery-report endpoint, ``POST <prefix>/callback/<provider alias>/<token>/``, and the
+incoming-message endpoint, ``POST <prefix>/callback/<provider alias>/<token>/inbound/``.
 
-Provider-specific parsing lives in the backend (``parse_callback``/``callback_response``); this
-view only authenticates, dispatches and answers with the status codes providers act on:
+Provider-specific parsing lives in the backend (``parse_callback``/``callback_response``,
+``parse_inbound``/``inbound_response``); these views only authenticate, dispatch and answer with
+the status codes providers act on (for an incoming message as for a report; ``crm_sms.inbound``
+acts on it: opt-out keywords, the rest ignored with 200):
 
 =====  ==========================================================================================
 code   when
@@ -14,7 +17,8 @@ code   when
 400    the body cannot be parsed: ``CallbackError``, not UTF-8 or not JSON, nested too deeply,
        too many form fields (a short message, no traceback)
 403    the provider's signature does not match (``CallbackForbidden``)
-404    wrong token, unknown provider alias, or a provider that takes no callbacks
+404    wrong token, unknown provider alias, or a provider that takes no callbacks (no incoming
+       messages, for the inbound endpoint)
 405    any method but POST
 413    the body is larger than ``CRM_SMS["CALLBACK_MAX_BYTES"]`` (5 MB)
 500    an error of ours (a bug, or the database is down and the spool cannot be written either):
@@ -24,6 +28,9 @@ code   when
 The token is a secret path segment (MegaFon's reports carry no signature). ``CALLBACK_TOKEN`` may
 list several tokens (a list, or a comma-separated string) so a token can be rotated: new callback
 URLs carry the first one, reports to any of them are accepted.
+
+A provider that posts incoming messages and reports to the one URL of its account's settings
+(SMSC) gets its messages handled at the delivery-report URL too (``callback_is_inbound``).
 """
 
 from __future__ import annotations
@@ -31,8 +38,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import (
+    BadRequest,
+    ImproperlyConfigured,
+    RequestDataTooBig,
+    SuspiciousOperation,
+)
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, UnreadablePostError
 from django.views.decorators.csrf import csrf_exempt
@@ -40,7 +54,7 @@ from django.views.decorators.http import require_POST
 
 from . import conf
 from .backends import get_backend
-from .backends.base import BaseBackend, DeliveryReport
+from .backends.base import BaseBackend, DeliveryReport, InboundMessage
 from .exceptions import CallbackError, CallbackForbidden
 
 logger = logging.getLogger("crm_sms.webhooks")
@@ -67,42 +81,99 @@ def _plain(text: str, status: int) -> HttpResponse:
     return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
 
 
+def _backend(provider: str, token: str, what: str) -> BaseBackend:
+    """The backend of ``provider``; Http404 for a wrong token or an unknown provider."""
+    if not token_is_valid(token):
+        logger.warning("A %s to %s with a wrong token refused", what, provider)
+        raise Http404("No such callback")
+    try:
+        return get_backend(provider)
+    except ImproperlyConfigured as exc:
+        raise Http404("No such provider") from exc
+
+
 @csrf_exempt
 @require_POST
 def callback(request: HttpRequest, provider: str, token: str) -> HttpResponse:
     """Receive a provider's delivery report(s), apply them, answer as the table above says."""
-    if not token_is_valid(token):
-        logger.warning("Delivery report to %s with a wrong token refused", provider)
-        raise Http404("No such callback")
-    try:
-        backend = get_backend(provider)
-    except ImproperlyConfigured as exc:
-        raise Http404("No such provider") from exc
+    backend = _backend(provider, token, "delivery report")
     if not backend.supports_callbacks:
         raise Http404("This provider takes no callbacks")
     refusal = _read_body(request, provider)
     if refusal is not None:
         return refusal
+    parsed = _parse(lambda: _report_or_inbound(backend, request), provider, "delivery report")
+    if isinstance(parsed, HttpResponse):
+        return parsed
+    inbound, items = parsed
+    if inbound:
+        return _act_on_inbound(backend, provider, items)
+    return _apply(backend, provider, items)
+
+
+@csrf_exempt
+@require_POST
+def inbound(request: HttpRequest, provider: str, token: str) -> HttpResponse:
+    """Receive incoming SMS (replies) and act on them (``crm_sms.inbound``); answers as the
+    table above says."""
+    backend = _backend(provider, token, "incoming message")
+    if not backend.supports_inbound:
+        raise Http404("This provider delivers no incoming messages")
+    refusal = _read_body(request, provider)
+    if refusal is not None:
+        return refusal
+    parsed = _parse(lambda: backend.parse_inbound(request), provider, "incoming message")
+    if isinstance(parsed, HttpResponse):
+        return parsed
+    return _act_on_inbound(backend, provider, parsed)
+
+
+def _report_or_inbound(backend: BaseBackend, request: HttpRequest) -> tuple[bool, list[Any]]:
+    """(True, incoming messages) or (False, delivery reports) of a request to the report URL."""
+    if backend.supports_inbound and backend.callback_is_inbound(request):
+        return True, backend.parse_inbound(request)
+    return False, backend.parse_callback(request)
+
+
+def _parse(parse: Callable[[], Any], provider: str, what: str) -> Any:
+    """What ``parse()`` returns, or the answer to a request it refused: 403 (signature), 413,
+    400 (malformed: a line, no traceback), 500 (a bug of ours)."""
     try:
-        reports = backend.parse_callback(request)
+        return parse()
     except CallbackForbidden as exc:
-        logger.warning("Refused a %s delivery report: %s", provider, _short(exc))
+        logger.warning("Refused a %s %s: %s", provider, what, _short(exc))
         return _plain("Forbidden", 403)
     except RequestDataTooBig as exc:
-        logger.warning("Refused a %s delivery report: %s", provider, _short(exc))
+        logger.warning("Refused a %s %s: %s", provider, what, _short(exc))
         return _plain("Report too large", 413)
-    except (CallbackError, SuspiciousOperation, UnreadablePostError, ValueError) as exc:
+    except (BadRequest, CallbackError, SuspiciousOperation, UnreadablePostError, ValueError) as exc:
         # ValueError: not UTF-8, not JSON, a number too long; SuspiciousOperation: Django
-        # refused the form (too many fields). Answered in a line, without a traceback.
-        logger.warning("Malformed %s delivery report: %s", provider, _short(exc))
+        # refused the form (too many fields); BadRequest: a form that is not UTF-8. Answered
+        # in a line, without a traceback.
+        logger.warning("Malformed %s %s: %s", provider, what, _short(exc))
         return _plain(f"Malformed report: {_short(exc)}", 400)
     except RecursionError:
-        logger.warning("Malformed %s delivery report: nested too deeply", provider)
+        logger.warning("Malformed %s %s: nested too deeply", provider, what)
         return _plain("Malformed report: nested too deeply", 400)
     except Exception:
-        logger.exception("Parsing a %s delivery report failed", provider)
+        logger.exception("Parsing a %s %s failed", provider, what)
         return _plain("Internal error; please retry", 500)
-    return _apply(backend, provider, reports)
+
+
+def _act_on_inbound(
+    backend: BaseBackend, provider: str, messages: list[InboundMessage]
+) -> HttpResponse:
+    """Opt out the senders of keywords (``crm_sms.inbound``); 500 on an error of ours or of
+    the database, so the provider may post the messages again."""
+    from .inbound import handle_inbound
+
+    try:
+        counts = handle_inbound(messages, provider=provider)
+    except Exception:
+        logger.exception("Handling %d %s incoming message(s) failed", len(messages), provider)
+        return _plain("Internal error; please retry", 500)
+    logger.debug("Incoming messages from %s: %s", provider, counts)
+    return backend.inbound_response(messages)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
@@ -140,11 +211,12 @@ def _read_body(request: HttpRequest, provider: str) -> HttpResponse | None:
 
 
 def _apply(backend: BaseBackend, provider: str, reports: list[DeliveryReport]) -> HttpResponse:
-    """Apply the parsed reports; spool them when the database is unavailable (200 either way)."""
-    from .reports import apply_delivery_reports
+    """Apply the parsed reports, or queue them (``CRM_SMS["REPORTS"]``: ``inbox.receive_reports``);
+    spool them when the database is unavailable (200 either way)."""
+    from .inbox import receive_reports
 
     try:
-        counts = apply_delivery_reports(reports, provider=provider, source="callback")
+        counts = receive_reports(reports, provider=provider)
     except (OperationalError, InterfaceError) as exc:
         return _spool(backend, provider, reports, exc)
     except Exception:

@@ -10,6 +10,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures_smsru",
     "tests.fixtures_admin",
     "tests.fixtures_outbox",
+    "tests.fixtures_compliance",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -13,6 +13,7 @@ One module per job:
 - ``contacts.py``: contacts and groups;
 - ``campaigns.py``: campaigns, their progress and controls;
 - ``messages.py``: messages and their events, read-only;
+- ``dashboard.py``: the SMS dashboard and a campaign's charts;
 - ``common.py``: the send permission, the draft in the session, exclusion reasons.
 
 This module registers the models with ``admin.site``.
@@ -20,7 +21,7 @@ This module registers the models with ``admin.site``.
 
 from django.contrib import admin
 
-from ..models import Campaign, Contact, ContactGroup, Message, MessageEvent
+from ..models import Campaign, Contact, ContactGroup, Dashboard, Message, MessageEvent
 from .campaigns import (
     CampaignAdmin,
     CampaignChangeList,
@@ -30,6 +31,7 @@ from .campaigns import (
 )
 from .common import DRAFT_SESSION_KEY, EXCLUDED_REASONS, SEND_SMS_PERMISSION
 from .contacts import ContactAdmin, ContactGroupAdmin, GroupChangeList, PhoneSearchMixin
+from .dashboard import DashboardAdmin
 from .imports import ContactImportMixin
 from .messages import (
     MessageAdmin,
@@ -49,6 +51,7 @@ __all__ = [
     "ContactAdmin",
     "ContactGroupAdmin",
     "ContactImportMixin",
+    "DashboardAdmin",
     "GroupChangeList",
     "MessageAdmin",
     "MessageEventAdmin",
@@ -69,3 +72,4 @@ admin.site.register(ContactGroup, ContactGroupAdmin)
 admin.site.register(Campaign, CampaignAdmin)
 admin.site.register(Message, MessageAdmin)
 admin.site.register(MessageEvent, MessageEventAdmin)
+admin.site.register(Dashboard, DashboardAdmin)

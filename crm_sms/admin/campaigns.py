@@ -51,13 +51,14 @@ CANCELLED_IS_FINAL = gettext_lazy(
 
 
 def status_counts(campaign_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Messages per status for each campaign: one grouped query (the campaign+status index)."""
+    """Messages per status for each campaign: one grouped query, an index-only scan of the
+    (campaign, status) index (``COUNT(*)``: counting ``id`` would read every row)."""
     counts: dict[int, dict[str, int]] = {pk: {} for pk in campaign_ids}
     rows = (
         Message.objects.filter(campaign_id__in=campaign_ids)
         .order_by()
         .values_list("campaign_id", "status")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("*"))
     )
     for campaign_id, status, n in rows:
         counts[campaign_id][status] = n

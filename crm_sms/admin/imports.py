@@ -10,7 +10,6 @@ view) and then the result.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from ..importing.jobs import (
     save_upload,
     upload_path,
 )
-from ..importing.limits import Limits, check_file_size, import_setting
+from ..importing.limits import Limits, check_file_size, check_stored_file, import_setting
 from ..models import ImportJob, ImportJobStatus
 
 __all__ = [
@@ -120,9 +119,10 @@ class ContactImportMixin:
             return self._import_page(request, form, None, None)
         token, upload = save_upload(upload_file.chunks())
         options = import_options(data)
-        if unpacked_size(upload) > int(import_setting("IMPORT_IN_REQUEST_BYTES")):
-            return self._queue(request, upload, upload_file.name, options, dry_run=True)
         try:
+            size = check_stored_file(upload, Limits.from_settings())
+            if size > int(import_setting("IMPORT_IN_REQUEST_BYTES")):
+                return self._queue(request, upload, upload_file.name, options, dry_run=True)
             result = import_contacts(
                 upload,
                 filename=upload_file.name,
@@ -351,15 +351,6 @@ def confirm_options(result: ImportResult) -> dict[str, str]:
         # A tab is passed by name: hidden inputs keep it, people don't.
         "delimiter": {"\t": "tab"}.get(result.delimiter or "", result.delimiter or ""),
     }
-
-
-def unpacked_size(upload: Path) -> int:
-    """The bytes an import reads: the file's, or the sum of an XLSX archive's parts."""
-    try:
-        with zipfile.ZipFile(upload) as archive:
-            return sum(part.file_size for part in archive.infolist())
-    except (zipfile.BadZipFile, OSError):
-        return upload.stat().st_size
 
 
 def _request_too_big(request: HttpRequest) -> str:

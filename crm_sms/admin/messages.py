@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -16,7 +16,8 @@ from django.utils.translation import gettext_lazy
 from ..backends import provider_choices
 from ..models import Message, MessageEvent, MessageStatus
 from .common import SEND_SMS_PERMISSION
-from .contacts import PhoneSearchMixin
+from .contacts import search_phone
+from .paginator import LargeListMixin
 from .resend import resend_selected
 
 #: The status column's colours: green done, blue on its way, red failed, amber uncertain.
@@ -98,7 +99,7 @@ class MessageEventInline(admin.TabularInline):
         return False
 
 
-class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
+class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "phone",
         "status_badge",
@@ -114,7 +115,8 @@ class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
     )
     list_filter = ("status", ProviderFilter, "campaign", "created_at")
     list_select_related = ("campaign",)
-    search_fields = ("=msg_id", "=provider_message_id")
+    # Searched by get_search_results below: exact and indexed.
+    search_fields = ("phone", "msg_id", "provider_message_id")
     search_help_text = gettext_lazy("A phone in any notation, a message id or a provider's id.")
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -150,6 +152,22 @@ class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
     def has_send_sms_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(SEND_SMS_PERMISSION)
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """A phone in any notation, our message id or a provider's id, each through its index:
+        exact ids (iexact compares UPPER(…), which no index holds), a provider's id per
+        configured provider (the (provider, provider_message_id) index)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        aliases = [alias for alias, _ in provider_choices()]
+        condition = Q(msg_id=term) | Q(provider__in=aliases, provider_message_id=term)
+        phone = search_phone(term)
+        if phone:
+            condition |= Q(phone=phone)
+        return queryset.filter(condition), False
+
     @admin.display(description=gettext_lazy("text"))
     def short_text(self, message: Message) -> str:
         return message.text if len(message.text) <= 40 else message.text[:39] + "…"
@@ -182,7 +200,7 @@ class MessageAdmin(ReadOnlyAdminMixin, PhoneSearchMixin, admin.ModelAdmin):
         return resend_selected(self, request, queryset)
 
 
-class MessageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class MessageEventAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "created_at",
         "message",
@@ -193,7 +211,9 @@ class MessageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "description",
     )
     list_select_related = ("message",)
-    search_fields = ("=message__msg_id",)
+    search_fields = ("message__msg_id__exact",)
+    # Newest first: the log's first page is what just happened (the (created_at, id) index).
+    ordering = ("-created_at", "-id")
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100

@@ -1,9 +1,11 @@
 """The backend contract: one small base class and the values it passes around.
 
-A backend turns an ``OutgoingSMS`` into a ``SendResult`` and a provider's delivery report into
-``DeliveryReport``s. It never touches the database: the outbox (``crm_sms.outbox``) and the
-report handling (``crm_sms.reports``) do, so a backend is easy to write and to test. The
-exceptions live in ``crm_sms.exceptions`` (re-exported here for backends' convenience).
+A backend turns an ``OutgoingSMS`` into a ``SendResult``, a provider's delivery report into
+``DeliveryReport``s and, where the provider forwards replies, an incoming-message webhook into
+``InboundMessage``s (``crm_sms.inbound`` acts on them). It never touches the database: the
+outbox (``crm_sms.outbox``), the report handling (``crm_sms.reports``) and ``crm_sms.inbound``
+do, so a backend is easy to write and to test. The exceptions live in ``crm_sms.exceptions``
+(re-exported here for backends' convenience).
 
 Every backend takes ``?price=`` (of one SMS part, a decimal) and ``?currency=`` (ISO 4217,
 ``RUB`` by default) for the cost estimates of ``crm_sms.costs``; one whose provider reports
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryReport",
     "DeliveryStatus",
+    "InboundMessage",
     "Option",
     "OutgoingSMS",
     "RetrySafety",
@@ -112,6 +115,18 @@ class DeliveryReport:
     raw: Any = field(default=None, repr=False)
 
 
+@dataclass
+class InboundMessage:
+    """An SMS a subscriber sent to one of our numbers (``BaseBackend.parse_inbound``)."""
+
+    from_phone: str  # the subscriber, E.164 ("+79001234212")
+    to: str  # our number (or sender) it was sent to, as the provider gives it
+    text: str
+    #: The provider's id of the incoming message (what makes a repeated webhook recognisable).
+    provider_message_id: str = ""
+    raw: Any = field(default=None, repr=False)  # the request's fields, credentials redacted
+
+
 @dataclass(frozen=True)
 class Balance:
     """The money on a provider account (``BaseBackend.balance``)."""
@@ -148,10 +163,16 @@ class BaseBackend:
     max_batch_size: int = 1
     #: Whether the provider posts delivery reports to a callback URL.
     supports_callbacks: bool = False
+    #: Whether the provider posts incoming messages (replies) to us (``parse_inbound``).
+    supports_inbound: ClassVar[bool] = False
     #: How long after sending a provider still reports a status (polling stops then), seconds.
     report_window: float = 24 * 3600
     #: How a retry after an ambiguous failure stays safe (see ``RetrySafety``).
     retry_safety: ClassVar[RetrySafety] = RetrySafety.NONE
+    #: The provider's error codes (``SendResult.error_code``) that refuse a message for a
+    #: route reason (the recipient's region, the account's routing or IP rules): with
+    #: ``CRM_SMS["FAILOVER"]`` such a message moves to the next provider (``is_route_refusal``).
+    route_refusal_codes: ClassVar[frozenset[str]] = frozenset()
     #: The options this class adds (``option_table`` merges those of the base classes).
     declared_options: ClassVar[tuple[Option, ...]] = (
         Option("sender", str, "", "the default sender name"),
@@ -235,6 +256,16 @@ class BaseBackend:
         takes many recipients per request."""
         return [self.send(sms) for sms in batch]
 
+    def is_route_refusal(self, result: SendResult) -> bool:
+        """Whether ``result`` refuses its message for a route reason: another provider may
+        deliver it (``crm_sms.outbox.failover``). Only a definite answer counts: REJECTED or
+        PROVIDER_ERROR with one of ``route_refusal_codes``, never an ambiguous failure."""
+        return (
+            result.status in (SendStatus.REJECTED, SendStatus.PROVIDER_ERROR)
+            and not result.ambiguous
+            and str(result.error_code) in self.route_refusal_codes
+        )
+
     def lookup_sent(self, sms: OutgoingSMS) -> SendResult | None:
         """For ``RetrySafety.LOOKUP`` backends: ask the provider whether ``sms`` (our msg_id,
         its phone) arrived after an ambiguous failure. An ACCEPTED result (with the provider's
@@ -262,6 +293,21 @@ class BaseBackend:
 
     def callback_response(self, reports: list[DeliveryReport]) -> HttpResponse:
         return HttpResponse("OK", content_type="text/plain")
+
+    # --- incoming messages ---------------------------------------------------------------
+    def parse_inbound(self, request: HttpRequest) -> list[InboundMessage]:
+        """Parse an incoming-message webhook (``supports_inbound`` backends); raise
+        CallbackForbidden for a bad signature, CallbackError for a malformed request."""
+        raise NotImplementedError(f"{type(self).__name__} takes no incoming messages")
+
+    def inbound_response(self, messages: list[InboundMessage]) -> HttpResponse:
+        """The answer to an incoming-message webhook (200; Twilio: empty TwiML)."""
+        return HttpResponse("OK", content_type="text/plain")
+
+    def callback_is_inbound(self, request: HttpRequest) -> bool:
+        """Whether a request posted to the delivery-report URL is an incoming message: for a
+        provider that posts both to the one URL of the account's settings (SMSC)."""
+        return False
 
     #: Whether delivery reports arrive on the backend's own connection (SMPP's deliver_sm):
     #: the worker then calls ``apply_received_reports`` between batches and while idle.

@@ -106,6 +106,13 @@ CODES: dict[int, tuple[SendStatus, Any]] = {
     ),
 }
 
+# Codes that refuse a message for a route reason (``BaseBackend.route_refusal_codes``): with
+# CRM_SMS["FAILOVER"] the message moves to the next provider instead of failing. 1281: the
+# request broke MegaFon's routing rules (not from the contract's IP, or SMS not enabled for the
+# account; provider-wide, so the gate pauses the rest too); 1288: the company may not send to
+# the recipient's region. (257, a region's transmitter not connected, passes: it is retried.)
+ROUTE_REFUSAL_CODES = frozenset({"1281", "1288"})
+
 # Human names of the fields MegaFon names in a 20101 payload.
 FIELD_NAMES = {
     "from": gettext_lazy("sender name (from)"),
@@ -235,6 +242,7 @@ class MegafonBackend(HTTPBackend):
     display_name = "MegaFon"
     # MegaFon answers 20102 to a msg_id it already has: a retry never sends twice.
     retry_safety = RetrySafety.DEDUPLICATED
+    route_refusal_codes = ROUTE_REFUSAL_CODES
     supports_callbacks = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL

@@ -1,5 +1,5 @@
 """SMSC.ru (SMS-Центр, https://smsc.ru): send.php with JSON answers, status.php polling, signed
-callbacks, balance.php.
+callbacks, incoming messages, balance.php. Its code tables are in ``smsc_codes``.
 
 ``SMS_URL=smsc://LOGIN:PASSWORD@smsc.ru/?sender=MyCompany`` (``smsc+http://`` for the sandbox).
 Options: ``login``, ``password`` (the account's, or the API password set in its settings),
@@ -19,6 +19,11 @@ The API, as this module speaks it:
 - Callbacks: SMSC posts the status changes to the URL set in the account's settings (paste
   ``backend.callback_url()`` there) as a form: ``id``, ``phone``, ``status``, ``err``, ``ts``,
   ``md5`` = md5("id:phone:status:secret"); any HTTP 200 ends the report.
+- Incoming messages (to a number rented from SMSC) are posted to that same URL as a form:
+  ``phone`` (the subscriber), ``mes`` (the text), ``to`` (our number), ``id``, ``sent``…, with
+  ``md5`` = md5("phone:mes:to:secret") (``parse_inbound``; ``callback_is_inbound`` tells them
+  from status reports by ``mes``). The inbound URL ``/callback/<alias>/<token>/inbound/``
+  takes them too.
 - ``POST /sys/balance.php`` -> ``{"balance": "…", "currency": "RUB"}`` (``balance()``).
 
 Never twice (``RetrySafety.LOOKUP``): each message goes under its own ``id`` — our msg_id
@@ -36,7 +41,11 @@ status by comma-separated ``phone``/``id`` answered by a list of ``{status, last
 err, id, phone}``, status codes -3..25, err 248/254 with statuses 25/23. Not confirmed (tolerant
 code): the ``phones`` entries of ``op=1`` (a non-zero ``error`` or a failure ``status`` is a
 refusal, a phone missing from the list is accepted); the rest of the ``err`` table; the
-callback's fields and md5 (PROVIDERS.md); 100 pairs per status query. Status -3 is taken as
+callback's fields and md5 (PROVIDERS.md); the incoming message's md5 (one public client,
+codewiser/laravel-smscenter-mailer, checks it so) and fields other than ``phone``, ``mes``,
+``to`` (an ``id`` is used as its id when present, else a digest of the fields); the charset of
+an incoming message (UTF-8 is read, else windows-1251, SMSC's default); 100 pairs per status
+query. Status -3 is taken as
 "did not arrive": a lookup must not run while the lost request may still be in flight (the
 outbox asks after its backoff, RETRY_BACKOFF 30 s); SMSC's error 9 refuses an identical send
 within a minute, a second guard.
@@ -50,18 +59,19 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from django.core import checks
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.utils.translation import gettext
-from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import CallbackError, CallbackForbidden, ProviderError
 from .base import (
     Balance,
     DeliveryReport,
     DeliveryStatus,
+    InboundMessage,
     OutgoingSMS,
     RetrySafety,
     SendResult,
@@ -69,6 +79,15 @@ from .base import (
 )
 from .http import Answer, HTTPBackend, HTTPRequest
 from .options import Option
+from .smsc_codes import (  # the tables are re-exported: SMSC's facts, by its module name
+    NOT_FOUND,
+    SEND_ERRORS,  # noqa: F401
+    STATUS_CODES,
+    STATUS_ERRORS,  # noqa: F401
+    UNKNOWN_SEND_ERROR,  # noqa: F401
+    classify_send_error,
+    status_report,
+)
 
 DEFAULT_BASE_URL = "https://smsc.ru"
 SEND_PATH, STATUS_PATH, BALANCE_PATH = "/sys/send.php", "/sys/status.php", "/sys/balance.php"
@@ -77,82 +96,6 @@ MAX_ID = 2147483647  # SMSC's numeric ids: 1..2**31-1
 ID_RE = re.compile(r"[A-Za-z0-9._\-]{1,40}")
 
 S, D = SendStatus, DeliveryStatus
-#: send.php's ``error_code`` -> (how the outbox handles it, what it means to a person).
-SEND_ERRORS: dict[int, tuple[SendStatus, Any]] = {
-    1: (S.REJECTED, _("SMSC refused the request: a parameter is missing or malformed.")),
-    2: (
-        S.PROVIDER_ERROR,
-        _(
-            "SMSC refused the login or password (or the request came from an IP address the "
-            "account does not allow)."
-        ),
-    ),
-    3: (S.PROVIDER_ERROR, _("Not enough money on the SMSC account.")),
-    4: (
-        S.PROVIDER_ERROR,
-        _("SMSC blocked this IP address for a while after too many wrong requests."),
-    ),
-    5: (S.REJECTED, _("SMSC refused the request: the date format is wrong.")),
-    6: (S.REJECTED, _("SMSC forbade the message (by its text or its sender name).")),
-    7: (S.REJECTED, _("SMSC refused the phone number: it is not in a valid format.")),
-    8: (S.REJECTED, _("SMSC cannot deliver a message to this number.")),
-    9: (
-        S.RETRY,
-        _(
-            "SMSC refused a repeated request within a minute, or too many requests at once; "
-            "the message will be retried."
-        ),
-    ),
-}
-#: A send error missing from the table: permanent for this message, never retried forever.
-UNKNOWN_SEND_ERROR = S.REJECTED
-
-#: status.php's and callbacks' ``status`` -> (DeliveryStatus or None for "no report", meaning).
-STATUS_CODES: dict[int, tuple[DeliveryStatus | None, Any]] = {
-    -3: (None, _("SMSC has no such message (not found)")),
-    -2: (D.UNDELIVERED, _("Not delivered: the sending was stopped")),
-    -1: (D.SENT, _("Waiting to be sent")),
-    0: (D.SENT, _("Passed to the operator")),
-    1: (D.DELIVERED, _("Delivered")),
-    2: (D.DELIVERED, _("Delivered and read")),
-    3: (D.UNDELIVERED, _("Not delivered: its lifetime expired")),
-    4: (D.DELIVERED, _("Delivered; the link in it was opened")),
-    20: (D.UNDELIVERED, _("Not delivered: the message cannot be delivered")),
-    22: (D.UNDELIVERED, _("Not delivered: wrong number")),
-    23: (D.UNDELIVERED, _("Not delivered: prohibited")),
-    24: (D.UNDELIVERED, _("Not delivered: not enough money on the account")),
-    25: (D.UNDELIVERED, _("Not delivered: the number is unavailable")),
-}
-NOT_FOUND = -3
-
-#: The ``err`` of a status: why a message was not delivered (0: no error).
-STATUS_ERRORS: dict[int, Any] = {
-    0: _("no error"),
-    1: _("the subscriber does not exist"),
-    6: _("the subscriber is not on the network"),
-    11: _("no SMS service"),
-    12: _("the subscriber's phone failed"),
-    13: _("the subscriber is blocked"),
-    21: _("the service is not supported"),
-    200: _("virtual sending (test mode)"),
-    220: _("the operator's queue is full"),
-    240: _("the line is busy"),
-    241: _("the sound could not be converted"),
-    242: _("an answering machine answered"),
-    243: _("no contract with the operator"),
-    244: _("mailings are forbidden"),
-    245: _("no status was received"),
-    246: _("a time restriction"),
-    247: _("the message limit is exceeded"),
-    248: _("no route to the number"),
-    249: _("the number is in a wrong format"),
-    250: _("the number is forbidden by the account's settings"),
-    251: _("the limit for one number is exceeded"),
-    252: _("the number is forbidden"),
-    253: _("forbidden by the spam filter"),
-    254: _("the sender name is not registered"),
-    255: _("rejected by the operator"),
-}
 
 
 def _int(value: Any) -> int | None:
@@ -164,38 +107,6 @@ def _int(value: Any) -> int | None:
 
 def _digits(phone: Any) -> str:
     return "".join(ch for ch in str(phone or "") if ch.isdigit())
-
-
-def classify_send_error(code: int | None, text: str = "") -> tuple[SendStatus, str]:
-    """The SendStatus and a readable message for a send.php ``error_code``."""
-    if code in SEND_ERRORS:
-        status, meaning = SEND_ERRORS[code]
-        return status, str(meaning)
-    detail = f": {text}" if text else ""
-    return UNKNOWN_SEND_ERROR, gettext("SMSC error %(code)s%(detail)s") % {
-        "code": code,
-        "detail": detail,
-    }
-
-
-def status_report(code: int, err: int | None = None) -> tuple[DeliveryStatus, str, str] | None:
-    """(DeliveryStatus, error_code, error_message) for a status code and its ``err``; None for
-    -3 (not found): no report. An unknown code is an undelivered message, its code kept."""
-    status, meaning = STATUS_CODES.get(code, (D.UNDELIVERED, ""))
-    if status is None:
-        return None
-    if status != D.UNDELIVERED:
-        return status, "", ""
-    message = str(meaning) or gettext("SMSC status %(code)s") % {"code": code}
-    if err and err in STATUS_ERRORS:
-        message = gettext("%(status)s (error %(err)s: %(reason)s)") % {
-            "status": message,
-            "err": err,
-            "reason": STATUS_ERRORS[err],
-        }
-    elif err:
-        message = gettext("%(status)s (error %(err)s)") % {"status": message, "err": err}
-    return status, str(code), message
 
 
 def numeric_id(msg_id: str) -> int:
@@ -212,6 +123,7 @@ class SmscBackend(HTTPBackend):
     # (batch_size > 1 turns it to NONE on the instance: see the module docstring.)
     retry_safety = RetrySafety.LOOKUP
     supports_callbacks = True
+    supports_inbound = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL
     declared_options = (
@@ -468,6 +380,41 @@ class SmscBackend(HTTPBackend):
             )
         ]
 
+    # --- incoming messages ---------------------------------------------------------------
+    def inbound_signature(self, phone: str, text: str, to: str, charset: str = "utf-8") -> str:
+        """The ``md5`` of an incoming message: md5("phone:mes:to:secret") in its charset."""
+        signed = f"{phone}:{text}:{to}:{self.callback_secret}".encode(charset, "replace")
+        return hashlib.md5(signed).hexdigest()  # noqa: S324 (SMSC's scheme)
+
+    def callback_is_inbound(self, request: HttpRequest) -> bool:
+        """An incoming message, posted to the status URL: it has ``mes``, a report has not."""
+        return "mes" in _form(request)[0]
+
+    def parse_inbound(self, request: HttpRequest) -> list[InboundMessage]:
+        """Verify and parse an incoming message (``phone``, ``mes``, ``to``, ``md5``…); a wrong
+        md5 is CallbackForbidden, a missing ``phone`` or ``mes`` CallbackError."""
+        form, charset = _form(request)
+        phone, text, to = (form.get(k, "") for k in ("phone", "mes", "to"))
+        if not phone or "mes" not in form:
+            raise CallbackError("phone and mes are required")
+        given = form.get("md5", "").strip().lower()
+        if not self.callback_secret or not hmac.compare_digest(
+            given.encode(),
+            self.inbound_signature(phone, text, to, charset).encode(),
+        ):
+            raise CallbackForbidden("the md5 does not match (wrong secret, or a forged message)")
+        digits = _digits(phone)
+        if not 7 <= len(digits) <= 15:
+            raise CallbackError(f"phone {phone[:20]!r} is not a phone number")
+        raw = {k: v for k, v in form.items() if k != "md5"}
+        fields = "\n".join(f"{k}={raw[k]}" for k in sorted(raw))
+        message_id = form.get("id") or "h" + hashlib.sha256(fields.encode()).hexdigest()[:32]
+        return [
+            InboundMessage(
+                from_phone=f"+{digits}", to=to, text=text, provider_message_id=message_id, raw=raw
+            )
+        ]
+
     # --- housekeeping --------------------------------------------------------------------
     def validate_sender(self, sender: str) -> None:
         """SMSC's sender names: up to 11 Latin letters, digits and ``-_. `` or up to 15 digits."""
@@ -492,6 +439,17 @@ class SmscBackend(HTTPBackend):
                 )
             )
         return problems
+
+
+def _form(request: HttpRequest) -> tuple[Any, str]:
+    """The posted form and its charset: UTF-8, or windows-1251 (SMSC's default charset, which
+    an account may keep for what it posts) when the form's text is not UTF-8."""
+    if request.content_type == "application/x-www-form-urlencoded":
+        try:
+            unquote_to_bytes(request.body.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:  # Django refuses to parse it: read it here
+            return QueryDict(request.body, encoding="windows-1251"), "windows-1251"
+    return request.POST, request.encoding or "utf-8"
 
 
 def _when(value: Any, status: DeliveryStatus) -> datetime | None:

@@ -46,7 +46,6 @@ import base64
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -64,6 +63,7 @@ from .base import (
     Balance,
     DeliveryReport,
     DeliveryStatus,
+    InboundMessage,
     OutgoingSMS,
     RetrySafety,
     SendResult,
@@ -99,17 +99,6 @@ FAILURE_MESSAGES: dict[str, Any] = {
         "out); the message will be retried."
     ),
 }
-
-
-@dataclass
-class InboundMessage:
-    """An SMS a subscriber sent to one of our numbers (``TwilioBackend.parse_inbound``)."""
-
-    from_phone: str  # the subscriber, E.164
-    to: str  # our number (or sender) it was sent to
-    text: str
-    provider_message_id: str = ""
-    raw: Any = field(default=None, repr=False)
 
 
 #: The older name of ``base.Balance``, which ``TwilioBackend.balance`` returns.
@@ -176,6 +165,7 @@ class TwilioBackend(HTTPBackend):
     # decides after an ambiguous failure (see lookup_sent).
     retry_safety = RetrySafety.NONE
     supports_callbacks = True
+    supports_inbound = True
     supports_balance = True
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL

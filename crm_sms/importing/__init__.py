@@ -248,8 +248,10 @@ class _RowLoop:
         result, writer = self.result, self.writer
         batch: list = []
         read = line = 0  # rows read since the last batch (blank and bad ones too), the line
-        for line, values in self.table.rows(self.positions[-1] + 1):  # noqa: B007
+        for count, (line, values) in enumerate(self.table.rows(self.positions[-1] + 1), 1):
             read += 1
+            if self.preview_ends(count):
+                break
             if line <= self.done_line:
                 self.remember_phone(line, values)
             elif not self.is_blank(values):
@@ -266,6 +268,13 @@ class _RowLoop:
                     return
                 batch, read = [], 0
         self.flush(batch, line)
+
+    def preview_ends(self, count: int) -> bool:
+        """A preview reads at most ten times its rows in all, blank ones included."""
+        if self.preview_rows is None or count <= 10 * self.preview_rows:
+            return False
+        self.result.complete = False
+        return True
 
     def is_blank(self, values: Sequence[Any]) -> bool:
         """No value in any column the import uses."""

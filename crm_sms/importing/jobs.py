@@ -19,7 +19,9 @@ run out of the web request by ``manage.py sms_worker`` or by Celery.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -28,7 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -64,8 +66,18 @@ def import_dir() -> Path:
     """Where uploads wait for their import: ``CRM_SMS["IMPORT_DIR"]`` or a private folder in
     the system's temporary directory. Web processes and workers must see the same folder."""
     configured = import_setting("IMPORT_DIR")
-    folder = Path(configured) if configured else Path(tempfile.gettempdir()) / "crm_sms_imports"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if configured:
+        folder = Path(configured)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return folder
+    folder = Path(tempfile.gettempdir()) / "crm_sms_imports"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        # Someone else made it (in a shared /tmp): they could read or swap the uploads.
+        raise ImproperlyConfigured(
+            f"{folder} is not a private folder of this user: set CRM_SMS['IMPORT_DIR']."
+        )
     return folder
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from django.core.exceptions import ValidationError
@@ -153,6 +154,21 @@ def check_archive(stream: BinaryIO, limits: Limits) -> int:
                 code="compression_ratio",
             )
     return total
+
+
+def check_stored_file(path: Path, limits: Limits) -> int:
+    """Check a stored upload against the size limits (an XLSX: its archive's directory only)
+    and return the bytes an import reads: the file's, or the XLSX's parts unpacked."""
+    size = path.stat().st_size
+    check_file_size(size, limits)
+    with open(path, "rb") as stream:
+        if stream.read(4) != b"PK\x03\x04":
+            return size
+        stream.seek(0)
+        try:
+            return check_archive(stream, limits)
+        except zipfile.BadZipFile:
+            return size  # the import says what is wrong with it
 
 
 def too_many_rows(limits: Limits) -> ValidationError:

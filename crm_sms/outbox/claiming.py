@@ -12,6 +12,10 @@ statement stops the batch. Writers that decide a message's status from its campa
 (``lock_campaigns``), so a cancel cannot commit between their reading and their writing, and
 they take their locks in one order. A message whose campaign was cancelled while it was in
 flight is never queued again (``settle_cancelled``).
+
+Quiet hours (``crm_sms.quiet_hours``): a message is claimed only while its window is open for
+at least ``CLAIM_MARGIN`` more (``window_end_at``, checked in the same indexed query); those
+whose window closed unsent are moved to its next opening first (``reschedule_closed``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from django.utils.translation import gettext as _
 from .. import conf
 from ..backends.base import RetrySafety
 from ..models import Campaign, CampaignStatus, EventSource, Message, MessageStatus
+from ..quiet_hours import CLAIM_MARGIN, reschedule_closed
 from ..transitions import MessageMove, move_messages
 from .resending import safety_of
 
@@ -43,12 +48,18 @@ def running_campaigns() -> QuerySet[Campaign]:
     return Campaign.objects.filter(status=CampaignStatus.RUNNING).values("pk")
 
 
+def window_open(now: datetime) -> Q:
+    """Messages whose send window (if any) stays open past ``now`` + CLAIM_MARGIN."""
+    return Q(window_end_at__isnull=True) | Q(window_end_at__gt=now + CLAIM_MARGIN)
+
+
 def due_messages(provider: str | None = None, now: datetime | None = None) -> QuerySet[Message]:
-    """Queued messages due now whose campaign (if any) is running. The campaign's status is a
-    subquery of this queryset: it is read when the queryset runs (the claim), not now."""
+    """Queued messages due now, inside their send window, whose campaign (if any) is running.
+    The campaign's status is a subquery of this queryset: it is read when the queryset runs
+    (the claim), not now."""
     now = now or timezone.now()
     qs = Message.objects.filter(status=MessageStatus.QUEUED, next_attempt_at__lte=now).filter(
-        Q(campaign__isnull=True) | Q(campaign_id__in=running_campaigns())
+        window_open(now), Q(campaign__isnull=True) | Q(campaign_id__in=running_campaigns())
     )
     if provider:
         qs = qs.filter(provider=provider)
@@ -59,10 +70,12 @@ def claim_messages(queryset: Any, limit: int, now: datetime | None = None) -> li
     """Claim up to ``limit`` queued rows of ``queryset``: move them to ``sending`` with a claim
     time (an event each: "Attempt N") and return them, in due order. One statement reads the
     rows, the campaigns' status (in ``due_messages``) and locks the rows (``FOR UPDATE OF`` the
-    messages only: workers do not queue behind each other on a campaign row)."""
+    messages only: workers do not queue behind each other on a campaign row). A message whose
+    send window is closed now is never claimed."""
     now = now or timezone.now()
     with transaction.atomic():
-        qs = queryset.filter(status=MessageStatus.QUEUED).order_by("next_attempt_at", "pk")
+        qs = queryset.filter(window_open(now), status=MessageStatus.QUEUED)
+        qs = qs.order_by("next_attempt_at", "pk")
         if connection.features.has_select_for_update_skip_locked:
             qs = qs.select_for_update(skip_locked=True, of=("self",))
         moves = [
@@ -82,7 +95,9 @@ def claim_messages(queryset: Any, limit: int, now: datetime | None = None) -> li
 def claim_due_messages(
     limit: int, provider: str | None = None, now: datetime | None = None
 ) -> list[Message]:
-    """Claim up to ``limit`` due messages (see ``claim_messages``)."""
+    """Claim up to ``limit`` due messages (see ``claim_messages``), after moving those whose
+    window closed unsent to its next opening (``quiet_hours.reschedule_closed``)."""
+    reschedule_closed(now)
     return claim_messages(due_messages(provider, now), limit, now)
 
 

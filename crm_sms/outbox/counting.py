@@ -64,7 +64,7 @@ def count_recipients(contacts: QuerySet, *, phone_field: str = "phone") -> Recip
     if not issubclass(model, Contact):  # another model: an opted-out Contact's phone is left out
         opted = Contact.objects.filter(opted_out=True).values("phone")
         opted_raw = Q(**{f"{phone_field}__in": opted})
-    aggregates: dict[str, Any] = {"total": Count("pk")}
+    aggregates: dict[str, Any] = {"total": Count("*")}
     if flagged is not None:
         aggregates["flagged"] = Count("pk", filter=flagged)
     if opted_raw is not None:
@@ -163,3 +163,16 @@ def _existing(rows: QuerySet, phone_field: str, phones: Iterable[Any]) -> set[An
         lookup = {f"{phone_field}__in": chunk}
         found.update(rows.filter(**lookup).values_list(phone_field, flat=True).distinct())
     return found
+
+
+def e164_counts_by(rows: QuerySet, field_name: str, *, phone_field: str = "phone") -> dict:
+    """How many of ``rows`` have each value of ``field_name``, among the rows whose phone is
+    E.164: all rows grouped, less the few others (read through PostgreSQL's partial index of
+    them). Filtering on ``E164_SQL`` instead runs the regular expression on every row (0.4 s
+    for a million)."""
+    rows = rows.order_by()
+    counts = dict(rows.values_list(field_name).annotate(n=Count("*")))
+    odd = rows.exclude(**{f"{phone_field}__regex": E164_SQL})
+    for value, n in odd.values_list(field_name).annotate(n=Count("*")):
+        counts[value] -= n
+    return {value: n for value, n in counts.items() if n}

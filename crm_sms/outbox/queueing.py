@@ -6,6 +6,12 @@ Everything is checked before anything is stored; messages are created ``queued``
 The stored text is the rendered one after transliteration (``translit=True``) and smart encoding
 (on unless ``smart_encoding=False``): ``crm_sms.translit``. The preview counts the SMS parts
 before and after, and estimates the cost when the provider has a ``?price=`` (``crm_sms.costs``).
+
+A campaign is ``service`` or ``advertising`` (``kind``): advertising leaves out contacts without
+consent (``crm_sms.consent``). Its messages go only inside its send window (``window``: the
+setting ``SEND_WINDOW`` by default) in each recipient's time zone (``crm_sms.quiet_hours``); the
+preview counts who will wait and until when. ``send_sms`` is a service message: no consent
+check, no window.
 """
 
 from __future__ import annotations
@@ -14,19 +20,37 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
+from django.core.exceptions import FieldError, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ..bulk import RowInserter
+from ..consent import CONSENTED
 from ..costs import backend_price, estimate_cost
-from ..models import Campaign, CampaignStatus, Contact, Message, MessageStatus, new_msg_ids
+from ..models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    Contact,
+    Message,
+    MessageStatus,
+)
 from ..phones import normalize_phone
+from ..quiet_hours import (
+    SendWindow,
+    default_window,
+    effective_zone,
+    parse_window,
+)
 from ..text import sms_info
 from ..translit import prepare_text
 from .claiming import claim_messages
+from .counting import count_recipients, e164_counts_by
+from .inserting import insert_messages
 from .recipients import (
     Recipient,
     Selection,
@@ -41,8 +65,16 @@ from .recipients import (
 
 logger = logging.getLogger("crm_sms.outbox")
 
-#: Rows per INSERT when queuing a campaign.
-INSERT_BATCH = 2000
+#: ``window=`` default: the setting ``SEND_WINDOW``.
+DEFAULT_WINDOW = "default"
+
+
+def resolve_window(window: Any) -> SendWindow | None:
+    """The send window ``window`` means: ``"default"`` the setting's, None or "" none, else
+    ``"09:00-21:00"``, a SendWindow or a (start, end) pair of times."""
+    if isinstance(window, str) and window == DEFAULT_WINDOW:
+        return default_window()
+    return parse_window(window)
 
 
 def send_sms(
@@ -126,6 +158,13 @@ class CampaignPreview:
     currency: str = ""
     #: ``total_segments`` x ``price``; None without a price.
     estimated_cost: Decimal | None = None
+    kind: str = CampaignKind.SERVICE
+    #: The send window ("09:00-21:00"; "" none), and how many recipients' windows are closed
+    #: when the campaign starts: they wait until the first and last openings (site's zone).
+    window: str = ""
+    waiting: int = 0
+    first_opening: datetime | None = None
+    last_opening: datetime | None = None
 
     @property
     def segments_after(self) -> int:
@@ -148,12 +187,17 @@ def preview_campaign(
     sample_size: int = 5,
     translit: bool = False,
     smart_encoding: bool = True,
+    kind: str = CampaignKind.SERVICE,
+    window: Any = DEFAULT_WINDOW,
+    scheduled_at: datetime | None = None,
 ) -> CampaignPreview:
     """Count recipients, exclusions and SMS parts (before and after ``translit`` and
-    ``smart_encoding``), estimate the cost and render samples, storing nothing.
+    ``smart_encoding``), estimate the cost, count who will wait for their ``window`` (from
+    ``scheduled_at``, or now) and render samples, storing nothing.
 
     Uses the same selection as ``send_campaign`` (so the counts match what it will queue);
-    raises ValidationError for a bad template, sender or provider. Rows are streamed.
+    raises ValidationError for a bad template, sender, provider, kind or window. Rows are
+    streamed, or counted in SQL when the text is the same for everyone.
     """
     sel = prepare_selection(
         contacts,
@@ -164,7 +208,13 @@ def preview_campaign(
         variables=variables,
         translit=translit,
         smart_encoding=smart_encoding,
+        kind=kind,
+        window=resolve_window(window),
+        due=_due(scheduled_at, timezone.now()),
     )
+    texts = _static_texts(sel, contacts)
+    if texts is not None:  # the same text for everyone: count in SQL, render samples
+        return _static_preview(sel, contacts, sample_size, texts)
     samples: list[dict[str, Any]] = []
     after = before = changed = 0
     for recipient in iter_recipients(sel, contacts):
@@ -174,24 +224,145 @@ def preview_campaign(
             changed += 1
         after += info.segments
         before += original_info.segments
+        sel.forecast.add(sel.window, recipient.time_zone, sel.due)
         if len(samples) < sample_size:
             samples.append(_sample(recipient, info, original_info))
+    return _preview(sel, sel.recipients, dict(sel.excluded), samples, (after, before, changed))
+
+
+def _preview(
+    sel: Selection,
+    recipients: int,
+    excluded: dict[str, int],
+    samples: list[dict[str, Any]],
+    parts: tuple[int, int, int],
+) -> CampaignPreview:
+    """The preview of ``sel``; ``parts`` are SMS parts after and before the transformations,
+    and how many texts they changed."""
+    after, before, changed = parts
     price = backend_price(sel.backend)
+    forecast = sel.forecast
     return CampaignPreview(
-        recipients=sel.recipients,
-        excluded=dict(sel.excluded),
+        recipients=recipients,
+        excluded=excluded,
         samples=samples,
         total_segments=after,
         sender=sel.sender,
         provider=sel.alias,
         segments_before=before,
         changed=changed,
-        translit=translit,
-        smart_encoding=smart_encoding,
+        translit=sel.translit,
+        smart_encoding=sel.smart_encoding,
         price=price.amount if price else None,
         currency=price.currency if price else "",
         estimated_cost=estimate_cost(after, price),
+        kind=sel.kind,
+        window=str(sel.window or ""),
+        waiting=forecast.waiting,
+        first_opening=_local(forecast.first_opening),
+        last_opening=_local(forecast.last_opening),
     )
+
+
+def _local(at: datetime | None) -> datetime | None:
+    return None if at is None else timezone.localtime(at)
+
+
+def _due(scheduled_at: datetime | None, now: datetime) -> datetime:
+    """When a campaign's messages are due: ``scheduled_at`` if it is later than ``now``."""
+    if scheduled_at is not None and timezone.is_naive(scheduled_at):
+        scheduled_at = timezone.make_aware(scheduled_at)
+    return scheduled_at if scheduled_at is not None and scheduled_at > now else now
+
+
+def _static_texts(sel: Selection, contacts: Any) -> tuple[str, str] | None:
+    """(rendered, to send) when the template has no variables and renders, and the rows can
+    be counted in SQL (Contacts; other models only without consent and window, whose phones'
+    zones are guessed in Python); else None (the rows are then streamed, and a text that does
+    not render is counted on each)."""
+    if not sel.template.is_static or contacts.query.is_sliced:
+        return None
+    if not sel.is_contact and (sel.advertising or sel.window is not None):
+        return None
+    try:
+        original = sel.template.render({})
+        return original, sel.prepare(original)
+    except ValidationError:
+        return None
+
+
+def _static_preview(
+    sel: Selection, contacts: Any, sample_size: int, texts: tuple[str, str]
+) -> CampaignPreview:
+    """The preview of a text without variables: recipients and exclusions counted in SQL
+    (``counting.count_recipients``: the numbers streaming would give; a million contacts in a
+    fraction of a second instead of ten), the first ``sample_size`` recipients rendered."""
+    try:
+        counts = _sql_counts(sel, contacts)
+    except FieldError as exc:
+        raise ValidationError(
+            _("The contacts cannot be read: %(error)s") % {"error": exc}, code="fields"
+        ) from exc
+    samples: list[dict[str, Any]] = []
+    for recipient in _first_recipients(sel, contacts, sample_size):
+        info = cached_sms_info(recipient.text)
+        samples.append(_sample(recipient, info, cached_sms_info(recipient.original)))
+    original, text = texts
+    n = counts.recipients
+    parts = (
+        n * cached_sms_info(text).segments,
+        n * cached_sms_info(original).segments,
+        n if text != original else 0,
+    )
+    return _preview(sel, n, dict(counts.excluded), samples, parts)
+
+
+#: Rows read for the preview's samples before reading on through the whole selection.
+SAMPLE_WINDOW = 1000
+
+
+def _first_recipients(sel: Selection, contacts: Any, count: int) -> list[Recipient]:
+    """The first ``count`` recipients, as streaming the whole selection would give them: from
+    its first rows (a server-side cursor outside a transaction computes every row of its query
+    before the first is read), else from all of them."""
+    if count <= 0:
+        return []
+    if not contacts.query.is_sliced:
+        first = list(islice(iter_recipients(sel, contacts.order_by("pk")[:SAMPLE_WINDOW]), count))
+        if len(first) == count:
+            return first
+    with transaction.atomic():  # a cursor without hold: rows are read as needed
+        stream = iter_recipients(sel, contacts)
+        first = list(islice(stream, count))
+        stream.close()
+    return first
+
+
+def _sql_counts(sel: Selection, contacts: Any) -> Any:
+    """``count_recipients`` with the advertising's ``no_consent`` (rows neither opted out nor
+    consenting: left out before their phone is looked at, as ``iter_recipients`` does) and the
+    window's forecast. Zones are counted over the recipients whose phone is stored in E.164
+    (every phone the import and the forms store); the rare others count in the site's zone."""
+    rows = contacts
+    if sel.advertising:
+        rows = contacts.filter(CONSENTED | Q(opted_out=True))
+    counts = count_recipients(rows, phone_field=sel.phone_field)
+    if sel.advertising:
+        no_consent = contacts.order_by().filter(opted_out=False).exclude(CONSENTED).count()
+        counts.excluded = {
+            "opted_out": counts.excluded["opted_out"],
+            "no_consent": no_consent,
+            "invalid": counts.excluded["invalid"],
+            "duplicate": counts.excluded["duplicate"],
+        }
+    if sel.window is not None:
+        kept = rows.filter(opted_out=False).exclude(time_zone="")  # "": the site's, below
+        zoned = 0
+        for zone, n in e164_counts_by(kept, "time_zone", phone_field=sel.phone_field).items():
+            sel.forecast.add(sel.window, effective_zone(zone), sel.due, n)
+            zoned += n
+        sel.forecast.add(sel.window, effective_zone(""), sel.due, counts.recipients - zoned)
+    return counts
 
 
 def _sample(recipient: Recipient, info: Any, original_info: Any) -> dict[str, Any]:
@@ -219,13 +390,17 @@ def send_campaign(
     variables: dict[str, str] | None = None,
     translit: bool = False,
     smart_encoding: bool = True,
+    kind: str = CampaignKind.SERVICE,
+    window: Any = DEFAULT_WINDOW,
 ) -> Campaign:
     """Create a campaign of ``text`` (a template) to the rows of ``contacts`` and queue it.
 
     The template is checked once, then rendered per row; opted-out rows, invalid and duplicate
-    phones are left out and counted on ``campaign.excluded`` (``recipients_count`` holds the
-    rest). Messages are inserted in bulk, in one transaction with the campaign: on any error
-    nothing is stored. With ``scheduled_at`` in the future the campaign is ``scheduled`` and
+    phones, and for ``kind="advertising"`` contacts without consent, are left out and counted
+    on ``campaign.excluded`` (``recipients_count`` holds the rest). Each message waits for its
+    recipient's ``window`` (``SEND_WINDOW`` by default; None: any time) to open. Messages are
+    inserted in bulk, in one transaction with the campaign: on any error nothing is stored.
+    With ``scheduled_at`` in the future the campaign is ``scheduled`` and
     ``start_due_campaigns`` starts it; otherwise it is ``running`` at once. Raises
     ValidationError for a bad template, sender or provider, or when nobody would get the text.
     Rendered texts are stored as ``translit.prepare_text(translit, smart_encoding)`` makes them.
@@ -239,25 +414,26 @@ def send_campaign(
         variables=variables,
         translit=translit,
         smart_encoding=smart_encoding,
+        kind=kind,
+        window=resolve_window(window),
     )
     now = timezone.now()
     if scheduled_at is not None and timezone.is_naive(scheduled_at):
         scheduled_at = timezone.make_aware(scheduled_at)
     scheduled = scheduled_at is not None and scheduled_at > now
+    sel.due = due = scheduled_at if scheduled else now
     with transaction.atomic():
         campaign = Campaign.objects.create(
             name=name
             or _("SMS %(date)s") % {"date": timezone.localtime(now).strftime("%Y-%m-%d %H:%M")},
             text=text,
-            sender=sel.sender,
-            provider=sel.alias,
             status=CampaignStatus.SCHEDULED if scheduled else CampaignStatus.RUNNING,
             scheduled_at=scheduled_at,
             created_by=created_by,
             started_at=None if scheduled else now,
+            **_campaign_fields(sel),
         )
-        due = scheduled_at if scheduled else now
-        segments = _insert_messages(campaign, sel, iter_recipients(sel, contacts), due, now)
+        segments = insert_messages(campaign, sel, iter_recipients(sel, contacts), due, now)
         if not sel.recipients:
             raise no_recipients_error(sel)
         campaign.recipients_count = sel.recipients
@@ -266,6 +442,17 @@ def send_campaign(
         campaign.save(update_fields=["recipients_count", "excluded", *extra])
     _log_queued(campaign, sel, scheduled_at if scheduled else None)
     return campaign
+
+
+def _campaign_fields(sel: Selection) -> dict[str, Any]:
+    """The new campaign's fields the selection decides."""
+    return {
+        "sender": sel.sender,
+        "provider": sel.alias,
+        "kind": sel.kind,
+        "window_start": sel.window.start if sel.window else None,
+        "window_end": sel.window.end if sel.window else None,
+    }
 
 
 def _log_queued(campaign: Campaign, sel: Selection, scheduled_at: datetime | None) -> None:
@@ -295,56 +482,3 @@ def _snapshot(campaign: Campaign, sel: Selection, segments: int) -> list[str]:
     for name in fields:
         setattr(campaign, name, values[name])
     return fields
-
-
-def _insert_messages(
-    campaign: Campaign,
-    sel: Selection,
-    recipients: Any,
-    due: datetime,
-    now: datetime,
-) -> int:
-    """INSERT a ``queued`` Message per recipient, each with a fresh msg_id, ``INSERT_BATCH``
-    rows at a time (the ORM's bulk_create dominated a 100,000-message campaign); returns the
-    SMS parts inserted."""
-    inserter = RowInserter(
-        Message,
-        {
-            "status": MessageStatus.QUEUED,
-            "provider_message_id": "",
-            "error_code": "",
-            "error_message": "",
-            "attempts": 0,
-            "claimed_at": None,
-            "sent_at": None,
-            "delivered_at": None,
-            "updated_at": now,
-            "last_response": None,
-            "campaign": campaign.pk,
-            "sender": sel.sender,
-            "provider": sel.alias,
-            "next_attempt_at": due,
-            "created_at": now,
-        },
-        ["contact", "phone", "text", "segments", "msg_id"],
-    )
-    batch: list[Recipient] = []
-    segments = 0
-
-    def flush() -> None:
-        rows = [
-            (r.contact_id, r.phone, r.text, cached_sms_info(r.text).segments, msg_id)
-            for r, msg_id in zip(batch, new_msg_ids(len(batch)), strict=True)
-        ]
-        inserter.insert(rows)
-        batch.clear()
-        nonlocal segments
-        segments += sum(row[3] for row in rows)
-
-    for recipient in recipients:
-        batch.append(recipient)
-        if len(batch) >= INSERT_BATCH:
-            flush()
-    if batch:
-        flush()
-    return segments

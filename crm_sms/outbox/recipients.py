@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from django.core.exceptions import (
@@ -16,13 +18,17 @@ from django.core.exceptions import (
     ImproperlyConfigured,
     ValidationError,
 )
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .. import conf
 from ..backends import get_backend
 from ..backends.base import BaseBackend
-from ..models import Contact
+from ..consent import CONSENTED
+from ..inbound import with_unsubscribe
+from ..models import CampaignKind, Contact
 from ..phones import normalize_phone
+from ..quiet_hours import SendWindow, WaitForecast, effective_zone, guess_time_zone
 from ..text import CONTACT_VARIABLES, SMSInfo, SMSTemplate, sms_info
 from ..translit import cached_prepare_text
 
@@ -106,6 +112,19 @@ class Selection:
     #: How each rendered text is transformed before it is stored (``crm_sms.translit``).
     translit: bool = False
     smart_encoding: bool = True
+    #: Advertising leaves out rows without consent: by the row's own consent fields
+    #: (``consent_fields``: a Contact, or a model with them), else by the Contact with its phone.
+    kind: str = CampaignKind.SERVICE
+    consent_fields: bool = False
+    #: Quiet hours: the window, when the messages are due, and (the preview's) who will wait.
+    window: SendWindow | None = None
+    due: datetime | None = None
+    has_time_zone: bool = False
+    forecast: WaitForecast = field(default_factory=WaitForecast)
+
+    @property
+    def advertising(self) -> bool:
+        return self.kind == CampaignKind.ADVERTISING
 
     def prepare(self, text: str) -> str:
         """The text to store and send for a rendered ``text`` (transliterated, look-alikes
@@ -120,6 +139,7 @@ class Recipient:
     text: str  # what is stored and sent
     label: str
     original: str = ""  # the rendered text before transliteration and smart encoding
+    time_zone: str = ""  # the zone the send window is applied in (the site's if unknown)
 
 
 def _field_names(model: type) -> set[str]:
@@ -136,10 +156,18 @@ def prepare_selection(
     variables: dict[str, str] | None,
     translit: bool = False,
     smart_encoding: bool = True,
+    kind: str = CampaignKind.SERVICE,
+    window: SendWindow | None = None,
+    due: datetime | None = None,
 ) -> Selection:
     """Check the provider, sender, template and phone field before any row is read;
     ValidationError on a problem. ``translit`` and ``smart_encoding``: see
-    ``crm_sms.translit.prepare_text``."""
+    ``crm_sms.translit.prepare_text``; ``kind``: a CampaignKind (advertising leaves out rows
+    without consent, and its template gets the unsubscribe phrase, ``UNSUBSCRIBE_TEXT``);
+    ``window`` and ``due``: quiet hours (``crm_sms.quiet_hours``)."""
+    _check_kind(kind)
+    if kind == CampaignKind.ADVERTISING:
+        text = with_unsubscribe(text)
     alias, backend = resolve_provider(provider)
     sender = resolve_sender(backend, sender)
     model = contacts.model
@@ -171,7 +199,28 @@ def prepare_selection(
         label_fields=[n for n in ("last_name", "first_name", "middle_name") if n in fields],
         translit=translit,
         smart_encoding=smart_encoding,
+        kind=kind,
+        consent_fields={"consent_given_at", "consent_withdrawn_at"} <= fields,
+        window=window,
+        due=due,
+        has_time_zone="time_zone" in fields,
+        excluded=_excluded_keys(kind),
     )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in CampaignKind.values:
+        raise ValidationError(
+            _("“%(kind)s” is not a campaign kind: service or advertising.") % {"kind": kind},
+            code="kind",
+        )
+
+
+def _excluded_keys(kind: str) -> dict[str, int]:
+    """The exclusion counters: ``no_consent`` only for advertising."""
+    if kind == CampaignKind.ADVERTISING:
+        return {"opted_out": 0, "no_consent": 0, "invalid": 0, "duplicate": 0}
+    return {"opted_out": 0, "invalid": 0, "duplicate": 0}
 
 
 def _rows(sel: Selection, contacts: Any) -> Iterator[dict[str, Any]]:
@@ -179,6 +228,10 @@ def _rows(sel: Selection, contacts: Any) -> Iterator[dict[str, Any]]:
     columns = ["pk", sel.phone_field, *sel.variables.values(), *sel.label_fields]
     if sel.has_opted_out:
         columns.append("opted_out")
+    if sel.advertising and sel.consent_fields:
+        columns += ["consent_given_at", "consent_withdrawn_at"]
+    if sel.window is not None and sel.has_time_zone:
+        columns.append("time_zone")
     columns = list(dict.fromkeys(columns))
     if not contacts.query.is_sliced:
         contacts = contacts.order_by("pk")
@@ -213,43 +266,93 @@ def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] 
     return original, text
 
 
-def _exclusion(sel: Selection, row: dict, phone: str | None, seen: set, opted: set) -> str:
-    """Why the row is left out ("" when it is not)."""
+def _exclusion(
+    sel: Selection, row: dict, phone: str | None, seen: set, opted: set, consenting: set | None
+) -> str:
+    """Why the row is left out ("" when it is not). ``consenting``: the phones of this chunk
+    whose Contact consented, when consent is looked up by phone."""
     if sel.has_opted_out and row["opted_out"]:
         return "opted_out"
+    if sel.advertising and sel.consent_fields and not _consents(row):
+        return "no_consent"
     if phone is None:
         return "invalid"
     if phone in opted:
         return "opted_out"
+    if consenting is not None and phone not in consenting:
+        return "no_consent"
     if phone in seen:
         return "duplicate"
     return ""
 
 
+def _consents(row: dict[str, Any]) -> bool:
+    return row["consent_given_at"] is not None and row["consent_withdrawn_at"] is None
+
+
+#: Rows read, and looked up by phone, at a time.
+CHUNK = 2000
+
+
+def _consenting_phones(sel: Selection, phones: list[str | None]) -> set[str] | None:
+    """For advertising to rows without consent fields: which of ``phones`` belong to a
+    Contact who consented (None when consent is not looked up by phone)."""
+    if not sel.advertising or sel.consent_fields:
+        return None
+    wanted = [p for p in phones if p is not None]
+    return set(Contact.objects.filter(CONSENTED, phone__in=wanted).values_list("phone", flat=True))
+
+
+def _zone(sel: Selection, row: dict[str, Any], phone: str) -> str:
+    """The zone the row's window is applied in: its own ``time_zone``, else (other models
+    than Contact, whose zone was guessed on save) its phone's, else the site's ("" without a
+    window)."""
+    if sel.window is None:
+        return ""
+    name = row["time_zone"] if sel.has_time_zone else ""
+    if not name and not sel.is_contact:
+        name = guess_time_zone(phone)
+    return effective_zone(name)
+
+
 def iter_recipients(sel: Selection, contacts: Any) -> Iterator[Recipient]:
     """Stream the rows of ``contacts`` and yield who gets which text; counts what is left out
-    (opted out, invalid phone or text, duplicate phone) on ``sel.excluded``."""
+    (opted out, no consent to advertising, invalid phone or text, duplicate phone) on
+    ``sel.excluded``."""
     opted = _opted_out_phones(sel)
     seen: set[str] = set()
+    if sel.due is None:
+        sel.due = timezone.now()
     try:
-        for row in _rows(sel, contacts):
-            phone = _clean_phone(row[sel.phone_field])
-            reason = _exclusion(sel, row, phone, seen, opted)
-            if reason:
-                sel.excluded[reason] += 1
-                continue
-            seen.add(phone)
-            texts = _render(sel, row, phone)
-            if texts is None:
-                continue
-            sel.recipients += 1
-            label = " ".join(str(row[f]) for f in sel.label_fields if row[f]) or phone
-            contact_id = row["pk"] if sel.is_contact else None
-            yield Recipient(contact_id, phone, texts[1], label, original=texts[0])
+        rows = _rows(sel, contacts)
+        while chunk := list(islice(rows, CHUNK)):
+            phones = [_clean_phone(row[sel.phone_field]) for row in chunk]
+            consenting = _consenting_phones(sel, phones)
+            for row, phone in zip(chunk, phones, strict=True):
+                reason = _exclusion(sel, row, phone, seen, opted, consenting)
+                if reason:
+                    sel.excluded[reason] += 1
+                    continue
+                seen.add(phone)
+                recipient = _recipient(sel, row, phone)
+                if recipient is not None:
+                    yield recipient
     except FieldError as exc:
         raise ValidationError(
             _("The contacts cannot be read: %(error)s") % {"error": exc}, code="fields"
         ) from exc
+
+
+def _recipient(sel: Selection, row: dict[str, Any], phone: str) -> Recipient | None:
+    """The row's Recipient, counted; None when its text is invalid (counted so)."""
+    texts = _render(sel, row, phone)
+    if texts is None:
+        return None
+    sel.recipients += 1
+    zone = _zone(sel, row, phone)
+    label = " ".join(str(row[f]) for f in sel.label_fields if row[f]) or phone
+    contact_id = row["pk"] if sel.is_contact else None
+    return Recipient(contact_id, phone, texts[1], label, original=texts[0], time_zone=zone)
 
 
 def no_recipients_error(sel: Selection) -> ValidationError:
@@ -259,11 +362,15 @@ def no_recipients_error(sel: Selection) -> ValidationError:
             _("No message can be sent: %(error)s") % {"error": " ".join(sel.text_error.messages)},
             code="no_recipients",
         )
-    return ValidationError(
-        _(
+    if sel.advertising:
+        message = _(
+            "No recipients: every contact was left out (opted out: %(opted_out)s, no consent "
+            "to advertising: %(no_consent)s, invalid phone: %(invalid)s, duplicate phone: "
+            "%(duplicate)s)."
+        )
+    else:
+        message = _(
             "No recipients: every contact was left out (opted out: %(opted_out)s, invalid "
             "phone: %(invalid)s, duplicate phone: %(duplicate)s)."
         )
-        % sel.excluded,
-        code="no_recipients",
-    )
+    return ValidationError(message % sel.excluded, code="no_recipients")

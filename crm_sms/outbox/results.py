@@ -25,7 +25,9 @@ from .. import conf
 from ..backends.base import RetrySafety, SendResult, SendStatus
 from ..events import jsonable
 from ..models import CampaignStatus, EventSource, Message, MessageStatus
+from ..quiet_hours import clamp_retry
 from ..transitions import Actor, MessageMove, move_campaigns, move_messages
+from . import failover
 from .claiming import lock_campaigns, settle_cancelled
 from .controls import complete_finished_campaigns
 from .lookups import FOUND, NOT_FOUND, UNKNOWN, retry_safety
@@ -61,7 +63,7 @@ class Outcome:
 
     status: str
     values: dict[str, Any]
-    description: str
+    description: str  # or a lazy translation (a module constant: translated once per batch)
 
 
 def may_have_arrived(result: SendResult) -> bool:
@@ -83,7 +85,7 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
         "last_response": jsonable(result.raw),
         "error_code": str(result.error_code or "")[:50],
         "error_message": result.error_message or "",
-        "maybe_sent": may_have_arrived(result),
+        "maybe_sent": may_have_arrived(result) or _still_maybe_sent(job, result),
     }
     attempts = job.attempts + 1
     if result.status is SendStatus.ACCEPTED:
@@ -115,8 +117,12 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
     values["next_attempt_at"] = now + timedelta(seconds=retry_delay(attempts))
     if job.lookup == UNKNOWN:
         return Outcome(QUEUED, values, _("The provider could not say whether it has it; will ask"))
-    return Outcome(QUEUED, values, _("Will retry"))
+    return Outcome(QUEUED, values, WILL_RETRY)
 
+
+#: The most frequent descriptions, lazy: a batch of events translates each once.
+ACCEPTED = gettext_lazy("Accepted")
+WILL_RETRY = gettext_lazy("Will retry")
 
 #: The event of a message that became ``uncertain``.
 UNCERTAIN_DESCRIPTION = gettext_lazy(
@@ -124,6 +130,17 @@ UNCERTAIN_DESCRIPTION = gettext_lazy(
     "provider, which cannot drop a repeat or be asked. Not sent again unless an operator "
     "confirms a resend (the subscriber may then get it twice)."
 )
+
+
+def _still_maybe_sent(job: Job, result: SendResult) -> bool:
+    """An earlier attempt may have arrived and this failure does not say otherwise: a
+    provider that drops repeats is never asked, so only its acceptance or refusal settles it
+    (failover never moves such a message to another provider: ``failover``)."""
+    return (
+        job.message.maybe_sent
+        and result.status in (SendStatus.RETRY, SendStatus.PROVIDER_ERROR)
+        and retry_safety(job.backend) is RetrySafety.DEDUPLICATED
+    )
 
 
 def _accepted_description(job: Job) -> str:
@@ -134,7 +151,7 @@ def _accepted_description(job: Job) -> str:
         return _("Not found at the provider, so sent again: accepted")
     if result is not None and result.error_code:
         return _("Accepted earlier (duplicate msg_id)")
-    return _("Accepted")
+    return ACCEPTED
 
 
 def _given_back(job: Job, now: datetime) -> Outcome:
@@ -174,12 +191,15 @@ def write_results(
         current = _lock_rows(jobs)
         for job in jobs:
             _take(job, current.get(job.message.pk, (None, None)), batch, summary)
+        # Failover: refused or tripped messages move to the next provider, not their campaign.
+        handovers = failover.reroute(jobs, batch.moves, batch.pause, campaigns, summary)
         settle_cancelled(batch.moves, campaigns)
         move_messages(batch.moves, now=batch.now)
         _pause_campaigns(batch.pause, summary)
         summary.completed_campaigns += complete_finished_campaigns(
             batch.touched_campaigns - set(batch.pause), batch.now
         )
+    failover.hand_over_queues(handovers)  # the rest of a tripped provider's queue
     for alias in batch.recorded:
         if alias in gates:
             gates[alias].trip_recorded = True
@@ -220,6 +240,8 @@ def _take(
         return
     found = outcome(job, batch.now, batch.max_attempts)
     found.values["claimed_at"] = None
+    if found.status == QUEUED:  # a retry into the night waits for the window to open
+        clamp_retry(message, found.values)
     _count(summary, found.status, result is None)
     if result is not None and result.status is SendStatus.PROVIDER_ERROR:
         logger.warning(

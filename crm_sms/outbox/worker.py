@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -84,6 +85,36 @@ class DispatchSummary:
         }
 
 
+class _Pace:
+    """How long the main thread leaves the pool alone (a claim, a write of results: each a
+    decaying maximum) and how fast the pool can answer (its threads' seconds per job, which
+    include rate-limit waits): how many jobs must wait in the pool for it not to run dry
+    meanwhile. On a busy machine writes take longer, and more is claimed ahead."""
+
+    def __init__(self) -> None:
+        self.stall: dict[str, float] = {}  # "claim"/"write" -> seconds
+        self.job_seconds = 0.0  # a send thread's seconds per job, a moving average
+        self.samples: deque[tuple[int, float]] = deque(maxlen=1000)  # from the pool threads
+
+    def took(self, what: str, seconds: float) -> None:
+        self.stall[what] = max(seconds, self.stall.get(what, 0.0) * 0.9)
+
+    def sent(self, jobs: int, seconds: float) -> None:
+        """A pool thread answered ``jobs`` in ``seconds`` (deque.append is thread-safe)."""
+        self.samples.append((jobs, seconds))
+
+    def jobs_needed(self, concurrency: int, max_stall: float) -> float:
+        """Jobs ``concurrency`` threads answer during one stall (at most ``max_stall`` s)."""
+        while self.samples:
+            jobs, seconds = self.samples.popleft()
+            per_job = seconds / max(jobs, 1)
+            average = self.job_seconds
+            self.job_seconds = 0.9 * average + 0.1 * per_job if average else per_job
+        if not self.job_seconds:
+            return 0.0
+        return concurrency / self.job_seconds * min(sum(self.stall.values()), max_stall)
+
+
 @dataclass
 class _Run:
     """The state of one ``Outbox.run``."""
@@ -124,11 +155,13 @@ class Outbox:
         self.stdout = stdout
         self.stop = stop or threading.Event()
         self.pause_after = int(conf.get_setting("PAUSE_AFTER"))
+        self.claim_timeout = float(conf.get_setting("CLAIM_TIMEOUT"))
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="crm-sms-send")
         self.gates: dict[str, ProviderGate] = {}
         self._gates_lock = threading.Lock()
         # A long-running worker survives database errors; --once runs and send_batch don't.
         self.raise_database_errors = True
+        self.pace = _Pace()  # how much to claim ahead
         self._busy_since: float | None = None  # for the progress line's rate
         self._busy_done = 0
 
@@ -168,7 +201,7 @@ class Outbox:
                 wrote = self._flush(run)
                 if stopping or (once and claimed == 0 and not wrote):
                     break  # (results just written may make more due: claim once more)
-                if claimed == 0:
+                if claimed == 0 and not wrote:
                     self._idle(idle_sleep)
                 continue
             self._collect_answers(run)
@@ -183,26 +216,40 @@ class Outbox:
         return run.total
 
     # -- the steps of run -------------------------------------------------------------------
-    @property
     def low_water(self) -> int:
         """Jobs waiting in the pool below which the next batch is claimed: enough to keep
-        every send thread busy while the main thread claims and writes results."""
-        return max(self.concurrency * 2, self.batch_size // 2)
+        every send thread busy while the main thread claims and writes results (twice what
+        the pool answers meanwhile). Claims never wait in the pool longer than a quarter of
+        CLAIM_TIMEOUT for that, nor more than ten batches."""
+        needed = self.pace.jobs_needed(self.concurrency, max_stall=self.claim_timeout / 8)
+        static = max(self.concurrency * 2, self.batch_size // 2)
+        return max(static, min(int(2 * needed), 10 * self.batch_size))
 
     def _claim_more(self, run: _Run, now: float) -> int | None:
-        """Claim and submit a batch while the pool is running low. The number claimed, or
-        None when it was not time to claim.
+        """Claim and submit batches while the pool is running low, until it is not. The
+        number claimed, or None when it was not time to claim.
 
         Claiming comes before writing the answered jobs' results, so the send threads have
         work while the results are written; unless one of them tripped its provider's gate:
         then the results first (the campaigns they pause must not be claimed again)."""
-        if run.inflight_jobs >= self.low_water or (run.inflight and now < run.next_claim):
+        low_water = self.low_water()
+        if run.inflight_jobs >= low_water or (run.inflight and now < run.next_claim):
             return None
         if any(job.tripped for job in run.finished):
             self._flush(run)
-        jobs = self._claim(self.batch_size)
-        if len(jobs) < self.batch_size:  # drained: don't ask again at every answer
-            run.next_claim = now + FLUSH_INTERVAL
+        claimed = 0
+        while run.inflight_jobs < low_water:
+            started = time.monotonic()
+            jobs = self._claim(self.batch_size)
+            self.pace.took("claim", time.monotonic() - started)
+            self._submit(run, jobs, now)
+            claimed += len(jobs)
+            if len(jobs) < self.batch_size:  # drained: don't ask again at every answer
+                run.next_claim = now + FLUSH_INTERVAL
+                break
+        return claimed
+
+    def _submit(self, run: _Run, jobs: list[Job], now: float) -> None:
         run.total.claimed += len(jobs)
         if jobs and self._busy_since is None:
             self._busy_since, self._busy_done = now, 0
@@ -211,7 +258,6 @@ class Outbox:
             run.inflight[future] = group
             run.inflight_jobs += len(group)
             future.add_done_callback(run.completed.put)
-        return len(jobs)
 
     def _give_back_unstarted(self, run: _Run) -> None:
         """Stopping: pool tasks not started yet are cancelled; their claims are given back."""
@@ -257,6 +303,7 @@ class Outbox:
             release_stale_claims()
             start_due_campaigns()
             inbox.drain_spool(max_seconds=HOUSEKEEPING_INTERVAL / 2)  # reports kept in an outage
+            inbox.apply_queued_reports(max_seconds=HOUSEKEEPING_INTERVAL / 5)  # REPORTS=queued
             start_import_jobs(self.stop)  # background contact imports, in a helper thread
         self._apply_connection_reports()
 
@@ -279,11 +326,13 @@ class Outbox:
         if not run.finished:
             return False
         batch = DispatchSummary()
+        started = time.monotonic()
         with self._surviving_database_errors("writing results"):
             self._write(run.finished, batch)
             run.finished.clear()
         if run.finished:
             return False
+        self.pace.took("write", time.monotonic() - started)
         run.total.add(batch)
         run.total.seconds = time.monotonic() - run.started
         self._report(batch, run.total)
@@ -328,7 +377,11 @@ class Outbox:
 
     def _send_group(self, jobs: list[Job]) -> list[Job]:
         """A pool task: one request for ``jobs`` (see ``pool.send_group``)."""
-        return send_group(jobs, self._gate(jobs[0].message.provider), self.stop)
+        started = time.monotonic()
+        done = send_group(jobs, self._gate(jobs[0].message.provider), self.stop)
+        if done[0].result is not None:  # (not given back unsent)
+            self.pace.sent(len(done), time.monotonic() - started)
+        return done
 
     def _jobs(self, messages: list[Message]) -> list[Job]:
         jobs = []

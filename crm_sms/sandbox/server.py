@@ -299,6 +299,15 @@ class SandboxServer:
         """The report the provider posts to ``callback_url`` for ``message``."""
         return self.provider.delivery_report(message, delivered)
 
+    def post_inbound(self, from_phone: str, text: str, **kwargs: Any) -> Any:
+        """Post an SMS ``from_phone`` sent to our number to the site, as the provider does
+        (where its emulator's ``inbound_url`` says, or ``url=``); returns the response.
+        Providers that deliver incoming messages only (Twilio, SMSC)."""
+        post = getattr(self.provider, "post_inbound", None)
+        if post is None:
+            raise NotImplementedError(f"{self.provider.title} delivers no incoming messages")
+        return post(from_phone, text, **kwargs)
+
     # --- what endpoints use ---------------------------------------------------------------
     def basic_auth_ok(self, request: RecordedRequest) -> bool:
         """Whether ``request`` carries ``Authorization: Basic`` with the sandbox's credentials."""

@@ -15,6 +15,10 @@
   ``sandbox.provider.callback_url``. A form ``id``, ``phone``, ``status``, ``err``, ``ts``,
   ``md5`` = md5("id:phone:status:secret"), the secret being ``callback_secret`` (default: the
   sandbox's password).
+- Incoming messages: ``post_inbound(from_phone, text)`` (or ``sandbox.post_inbound``) posts an
+  SMS sent to our number ``to`` as SMSC does, to ``inbound_url`` or else ``callback_url`` (an
+  account has one URL for both): a form ``id``, ``phone``, ``mes``, ``to``, ``sent``, ``md5`` =
+  md5("phone:mes:to:secret"), in UTF-8 or (``charset="windows-1251"``) SMSC's default charset.
 
 What tests read: ``sandbox.accepted`` ("id-phone" -> message; a second send of the same id to
 the same phone replaces it, as SMSC keeps the last one) and ``duplicates`` (those second
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import re
 import time
 from typing import Any
@@ -44,6 +49,7 @@ from .base import ProviderEmulator, RecordedRequest, Reply
 ID_RE = re.compile(r"[A-Za-z0-9._\-]{1,40}")
 MAX_ID = 2147483647
 WAITING, DELIVERED, UNDELIVERABLE, NOT_FOUND = "-1", "1", "20", -3
+INBOUND_NUMBER = "79010000000"  # our number rented from SMSC, which subscribers write to
 DUPLICATE_WINDOW = 60.0  # seconds in which SMSC refuses the same send request (error 9)
 ERRORS = {
     1: "parameters error",
@@ -61,6 +67,12 @@ ERRORS = {
 def sign(sent_id: str, phone: str, status: str, secret: str) -> str:
     """SMSC's callback signature: md5("id:phone:status:secret")."""
     return hashlib.md5(f"{sent_id}:{phone}:{status}:{secret}".encode()).hexdigest()  # noqa: S324
+
+
+def sign_inbound(phone: str, text: str, to: str, secret: str, charset: str = "utf-8") -> str:
+    """An incoming message's signature: md5("phone:mes:to:secret") in the posted charset."""
+    signed = f"{phone}:{text}:{to}:{secret}".encode(charset)
+    return hashlib.md5(signed).hexdigest()  # noqa: S324
 
 
 def _error(code: int) -> Reply:
@@ -106,6 +118,9 @@ class SmscEmulator(ProviderEmulator):
         self.callback_url: str | None = None
         #: What callbacks are signed with (None: the sandbox's password).
         self.callback_secret: str | None = None
+        #: Where incoming messages go (None: to ``callback_url``).
+        self.inbound_url: str | None = None
+        self._inbound_ids = itertools.count(int(time.time()) % 1_000_000 * 1000)
         self.duplicates: list[str] = []
         #: Seconds in which the same request is refused with error 9 (0: never).
         self.duplicate_window = DUPLICATE_WINDOW
@@ -265,6 +280,49 @@ class SmscEmulator(ProviderEmulator):
         return urlencode(signed).encode("ascii"), {
             "Content-Type": "application/x-www-form-urlencoded"
         }
+
+    # --- incoming messages -----------------------------------------------------------------
+    def inbound_request(
+        self, from_phone: str, text: str, to: str, *, message_id: str = "", charset: str = "utf-8"
+    ) -> tuple[bytes, dict[str, str]]:
+        """The form SMSC posts for an SMS ``from_phone`` sent to our number ``to`` (the same
+        ``message_id`` twice: a repeated post)."""
+        phone, to = _digits(from_phone), _digits(to)
+        secret = self.callback_secret or self.sandbox.password
+        fields = {
+            "id": message_id or str(next(self._inbound_ids)),
+            "phone": phone,
+            "mes": text,
+            "to": to,
+            "sent": str(int(time.time())),
+            "md5": sign_inbound(phone, text, to, secret, charset),
+        }
+        body = urlencode(fields, encoding=charset).encode("ascii")
+        return body, {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def post_inbound(
+        self,
+        from_phone: str,
+        text: str,
+        *,
+        to: str = INBOUND_NUMBER,
+        url: str = "",
+        message_id: str = "",
+        charset: str = "utf-8",
+    ):
+        """Post an incoming message as SMSC does, to ``url`` (default: ``inbound_url``, else
+        ``callback_url``); returns the response."""
+        import requests
+
+        url = url or self.inbound_url or self.callback_url or ""
+        if not url:
+            raise ValueError("Where to? Set the emulator's inbound_url or callback_url, or url=")
+        body, headers = self.inbound_request(
+            from_phone, text, to, message_id=message_id, charset=charset
+        )
+        with requests.Session() as session:
+            session.trust_env = False
+            return session.post(url, data=body, headers=headers, timeout=(5, 10))
 
 
 def _digits(phone: str) -> str:

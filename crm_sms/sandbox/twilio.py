@@ -14,8 +14,10 @@
 - Status callbacks: a form posted to ``StatusCallback`` (``MessageSid``, ``MessageStatus``
   delivered or undelivered, ``ErrorCode`` of an undelivered one, ``RawDlrDoneDate``…), signed
   with ``X-Twilio-Signature`` by the auth token.
-- Incoming messages: ``post_inbound(url, from_phone, to, text)`` posts a signed incoming-message
-  webhook, as Twilio does for a number's messaging URL.
+- Incoming messages: ``post_inbound(from_phone, text)`` (or ``sandbox.post_inbound``) posts a
+  signed incoming-message webhook to ``inbound_url`` (or ``url=``), as Twilio does to a number's
+  "A message comes in" URL; ``inbound_request`` builds one without posting it (the same
+  ``sid`` twice: a repeated webhook).
 
 Decisions where Twilio's behaviour is not recorded or is simplified:
 - ``codes`` forces a code per recipient: a 30xxx (delivery) code is accepted and then reported
@@ -108,6 +110,8 @@ class TwilioEmulator(ProviderEmulator):
     realm = "Twilio API"
     delivered_status = "delivered"
     failed_status = "undelivered"
+    #: Where incoming messages are posted (a number's "A message comes in" URL); "": nowhere.
+    inbound_url: str = ""
 
     def sms_url(self, sender: str) -> str:
         sandbox = self.sandbox
@@ -307,10 +311,11 @@ class TwilioEmulator(ProviderEmulator):
         return urlencode(params).encode("utf-8"), headers
 
     def inbound_request(
-        self, url: str, from_phone: str, to: str, text: str
+        self, url: str, from_phone: str, to: str, text: str, sid: str = ""
     ) -> tuple[bytes, dict[str, str]]:
-        """The signed webhook of an SMS ``from_phone`` sent to our number ``to``."""
-        sid = "SM" + secrets.token_hex(16)
+        """The signed webhook of an SMS ``from_phone`` sent to our number ``to`` (``sid``: its
+        MessageSid, a new one by default)."""
+        sid = sid or "SM" + secrets.token_hex(16)
         params = {
             "AccountSid": self.sandbox.login,
             "ApiVersion": API_VERSION,
@@ -326,11 +331,17 @@ class TwilioEmulator(ProviderEmulator):
         }
         return self.signed_form(url, params)
 
-    def post_inbound(self, url: str, from_phone: str, to: str, text: str):
-        """Post an incoming message to ``url`` as Twilio does; returns the response."""
+    def post_inbound(
+        self, from_phone: str, text: str, *, to: str = POOL_NUMBER, url: str = "", sid: str = ""
+    ):
+        """Post an incoming message to ``url`` (default: ``inbound_url``) as Twilio does;
+        returns the response."""
         import requests
 
-        body, headers = self.inbound_request(url, from_phone, to, text)
+        url = url or self.inbound_url
+        if not url:
+            raise ValueError("Where to? Set the emulator's inbound_url or pass url=")
+        body, headers = self.inbound_request(url, from_phone, to, text, sid)
         with requests.Session() as session:
             session.trust_env = False
             return session.post(url, data=body, headers=headers, timeout=(5, 10))

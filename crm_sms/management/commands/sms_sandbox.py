@@ -1,13 +1,17 @@
 """``manage.py sms_sandbox``: run a provider emulator (``crm_sms.sandbox``, MegaFon unless
-``--provider`` names another; with ``--smpp PORT`` also the SMPP SMSC) until Ctrl-C."""
+``--provider`` names another; with ``--smpp PORT`` also the SMPP SMSC) until Ctrl-C; or, with
+``--post-inbound PHONE TEXT``, post one incoming SMS to ``--inbound-url`` as Twilio or SMSC
+would, and exit."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from crm_sms.phones import normalize_phone
 from crm_sms.sandbox import EMULATORS, SandboxServer
 from crm_sms.sandbox.smpp import add_smpp_arguments, run_smpp_from_options
 
@@ -63,9 +67,24 @@ class Command(BaseCommand):
             "--callback-delay", type=float, default=0.0, help="Seconds before a delivery report."
         )
         parser.add_argument("--no-callbacks", action="store_true", help="Post no delivery reports.")
+        parser.add_argument(
+            "--inbound-url",
+            default="",
+            help="Where incoming SMS go (Twilio: the number's messaging URL; SMSC: the "
+            "account's callback URL), e.g. http://127.0.0.1:8000/sms/callback/smsc/TOKEN/inbound/",
+        )
+        parser.add_argument(
+            "--post-inbound",
+            nargs=2,
+            metavar=("PHONE", "TEXT"),
+            help="Post one incoming SMS from PHONE to --inbound-url (twilio, smsc), then exit.",
+        )
         add_smpp_arguments(parser)
 
     def handle(self, *args, **options) -> None:
+        if options["post_inbound"]:
+            self.post_inbound(options)
+            return
         sandbox = self.start_http(options)
         self.stdout.write(
             f"{sandbox.provider.title} sandbox listening on {sandbox.base_url} "
@@ -96,6 +115,28 @@ class Command(BaseCommand):
             f"messages accepted, {len(sandbox.callbacks_sent)} delivery reports posted."
         )
 
+    def post_inbound(self, options: dict) -> None:
+        """Post the ``--post-inbound`` SMS, signed with ``--password`` (no server runs)."""
+        if not options["inbound_url"]:
+            raise CommandError("--post-inbound needs --inbound-url (the site's inbound URL).")
+        sandbox = SandboxServer(
+            provider=options["provider"], login=options["login"], password=options["password"]
+        )
+        phone, text = options["post_inbound"]
+        try:
+            phone = normalize_phone(phone)  # providers post international numbers
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        try:
+            response = sandbox.post_inbound(phone, text, url=options["inbound_url"])
+        except NotImplementedError as exc:
+            raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"Cannot post to {options['inbound_url']}: {exc}") from exc
+        self.stdout.write(f"Posted; the site answered HTTP {response.status_code}.")
+        if not response.ok:
+            raise CommandError(response.text[:200])
+
     def start_http(self, options: dict) -> SandboxServer:
         """The HTTP sandbox the options describe, started."""
         sandbox = SandboxServer(
@@ -114,6 +155,8 @@ class Command(BaseCommand):
             callback_delay=options["callback_delay"],
             callbacks=not options["no_callbacks"],
         )
+        if options["inbound_url"] and hasattr(sandbox.provider, "inbound_url"):
+            sandbox.provider.inbound_url = options["inbound_url"]
         try:
             return sandbox.start()
         except OSError as exc:

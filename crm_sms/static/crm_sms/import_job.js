@@ -13,8 +13,6 @@
     var timer = null;
 
     function apply(state) {
-      document.getElementById("import-job-status").textContent =
-        state.status_display.charAt(0).toUpperCase() + state.status_display.slice(1);
       document.getElementById("import-job-message").textContent = state.message;
       var bar = document.getElementById("import-job-progress");
       var percent = document.getElementById("import-job-percent");
