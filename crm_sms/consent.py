@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
+from .bulk import RowInserter
 from .models import (
     CampaignKind,
     Contact,
@@ -139,19 +140,17 @@ class _Event:
         self.actor_id = getattr(by, "pk", None) if getattr(by, "is_authenticated", True) else None
         self.details = details or {}
 
-    def rows(self, pks: Sequence[int], now: datetime) -> list[ContactEvent]:
-        return [
-            ContactEvent(
-                contact_id=pk,
-                kind=self.kind,
-                source=self.source,
-                reason=self.reason,
-                actor_id=self.actor_id,
-                created_at=now,
-                details=self.details,
-            )
-            for pk in pks
-        ]
+    def inserter(self, now: datetime) -> RowInserter:
+        """INSERTs this event for contacts (their ids), the shared values prepared once."""
+        shared = {
+            "kind": self.kind,
+            "source": self.source,
+            "reason": self.reason,
+            "actor": self.actor_id,
+            "created_at": now,
+            "details": self.details,
+        }
+        return RowInserter(ContactEvent, shared, ["contact"])
 
 
 def _aware(value: datetime) -> datetime:
@@ -176,10 +175,11 @@ def _change(
     with transaction.atomic():
         rows = _contact_rows(contacts).filter(needs).order_by("pk").select_for_update()
         pks = list(rows.values_list("pk", flat=True))
+        events = event.inserter(now)
         for start in range(0, len(pks), CHUNK):
             chunk = pks[start : start + CHUNK]
             Contact.objects.filter(pk__in=chunk).update(**values, updated_at=now)
-            ContactEvent.objects.bulk_create(event.rows(chunk, now))
+            events.insert([(pk,) for pk in chunk])
     _refresh(contacts, values, pks)
     return pks
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -375,23 +375,24 @@ def _reopened(message: Any, now: datetime) -> dict[str, Any]:
 @dataclass
 class WaitForecast:
     """How many of a campaign's recipients wait for their window to open, and when the first
-    and the last of them open (UTC; the preview shows them in the site's zone)."""
+    and the last of them open (UTC; the preview shows them in the site's zone). One window
+    and due time per forecast; each zone's opening is computed once."""
 
     waiting: int = 0
     first_opening: datetime | None = None
     last_opening: datetime | None = None
+    openings: dict[str, datetime] = field(default_factory=dict, repr=False)
 
     def add(self, window: SendWindow | None, zone: str, due: datetime, count: int = 1) -> None:
         if window is None or not count:
             return
-        at, _ends = _cached_slot(window, effective_zone(zone), due)
+        at = self.openings.get(zone)
+        if at is None:
+            at = self.openings[zone] = next_slot(window, effective_zone(zone), due)[0]
         if at <= due:
             return
         self.waiting += count
-        self.first_opening = min(self.first_opening or at, at)
-        self.last_opening = max(self.last_opening or at, at)
-
-
-@lru_cache(maxsize=1024)
-def _cached_slot(window: SendWindow, zone: str, due: datetime) -> tuple[datetime, datetime]:
-    return next_slot(window, zone, due)
+        if self.first_opening is None or at < self.first_opening:
+            self.first_opening = at
+        if self.last_opening is None or at > self.last_opening:
+            self.last_opening = at

@@ -204,7 +204,10 @@ def _apply_batch(
             notes.add("invalid", f"{report.status[:30]!r} for {message.msg_id}")
         elif verdict == "stale":
             notes.add("stale", f"{report.status} for {message.msg_id} (now {message.status})")
-    move_messages(moves, now=now)
+    # The rows are locked: each message moved once is written by one UPDATE per set of equal
+    # values (a batch of receipts has few), else row by row.
+    once = len({move.message.pk for move in moves}) == len(moves)
+    move_messages(moves, now=now, where=() if once else None)
     return counts
 
 
@@ -221,17 +224,12 @@ def _move(message: Message, report: DeliveryReport, source: str, now: datetime) 
     """The move ``report`` makes of ``message``. The instance moves at once, so the next report
     of the batch about it is judged against its new state."""
     new_status = report.status
-    values = {
+    values: dict[str, Any] = {
         "provider_message_id": message.provider_message_id or report.provider_message_id,
-        "sent_at": message.sent_at,
-        "delivered_at": message.delivered_at,
-        "error_code": message.error_code,
-        "error_message": message.error_message,
+        # The provider had it, so it was sent; the outbox overwrites this with its own time.
+        "sent_at": message.sent_at or now,
         "maybe_sent": False,  # the provider has it: no longer a guess
     }
-    if values["sent_at"] is None:
-        # The provider had it, so it was sent; the outbox overwrites this with its own time.
-        values["sent_at"] = now
     if new_status in FINAL_STATUSES:
         delivered = new_status == MessageStatus.DELIVERED
         values["delivered_at"] = (report.delivered_at or now) if delivered else None
@@ -241,7 +239,8 @@ def _move(message: Message, report: DeliveryReport, source: str, now: datetime) 
         message,
         new_status,
         source,
-        values,
+        # Only what changes: messages whose changes are equal share one UPDATE.
+        {name: value for name, value in values.items() if getattr(message, name) != value},
         description=report.error_message or "",
         error_code=report.error_code,
         payload=jsonable(report.raw),

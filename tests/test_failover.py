@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db import close_old_connections
@@ -136,6 +137,30 @@ def test_a_campaign_at_a_provider_with_wrong_credentials_is_sent_through_the_res
     )
     campaign.refresh_from_db()
     assert campaign.status == C.COMPLETED
+
+
+@pytest.mark.django_db
+def test_the_rest_of_a_tripped_providers_queue_moves_without_being_tried(sandboxes):
+    """5 messages due now trip "default" (3 refused, 2 given back, moved with their attempt's
+    event); the 15 due later move at once, without a request to "default" (queued -> queued,
+    one event each), and are sent by the reserve when due."""
+    primary, reserve = sandboxes
+    primary.configure(password="changed")
+    campaign = send_campaign(20)
+    later = list(campaign.messages.order_by("pk").values_list("pk", flat=True)[5:])
+    due = timezone.now() + timedelta(seconds=1)
+    Message.objects.filter(pk__in=later).update(next_attempt_at=due)
+    outbox.dispatch_due(batch_size=5, concurrency=1)
+    handed = MessageEvent.objects.filter(old_status=M.QUEUED, new_status=M.QUEUED)
+    assert set(handed.values_list("message_id", flat=True)) == set(later)
+    assert {e.payload["failover"]["from"] for e in handed} == {"default"}
+    assert Counter(campaign.messages.values_list("provider", flat=True)) == {"reserve": 20}
+    dispatch_until_quiet()
+    campaign.refresh_from_db()
+    assert campaign.status == C.COMPLETED
+    assert len(primary.requests) == conf.get_setting("PAUSE_AFTER")
+    assert phones_accepted(reserve) == Counter({int(c.phone[1:]): 1 for c in Contact.objects.all()})
+    assert all(len(failover_events(m)) == 1 for m in campaign.messages.all())
 
 
 @pytest.mark.django_db
