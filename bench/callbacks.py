@@ -1,7 +1,8 @@
 """Delivery reports per second through the callback endpoint, direct vs queued, side by side.
 
     .venv/bin/python bench/callbacks.py [--messages 20000] [--direct-messages 3000]
-        [--workers 2] [--gunicorn-threads 8] [--clients 32] [--modes direct,queued]
+        [--backlog 10000] [--workers 2] [--gunicorn-threads 8] [--clients 32]
+        [--modes direct,queued]
         [--database-url $DATABASE_URL or postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks]
         [--conn-max-age 60] [--keep-db]
 
@@ -11,14 +12,16 @@ ephemeral loopback port (a socket bound here and handed over as ``fd://``), post
 MegaFon-format report per message from keep-alive raw-socket clients (cheap, so the client is
 not what is measured), then posts every report a second time (the repeats a provider sends).
 In "queued" mode ``manage.py sms_reports`` applies the queue while the reports arrive, and the
-bench also measures how long until every message is ``delivered``. It checks that every message
-became ``delivered`` with exactly one event and prints JSON, with ``os.getloadavg()`` (the
-machine may be shared).
+bench also measures how long until every message is ``delivered``; then it posts ``--backlog``
+more reports with the applier stopped (SIGSTOP) and times the applier alone (SIGCONT). It checks
+that every message became ``delivered`` with exactly one event and prints JSON, with the CPU
+each side spent per report and ``os.getloadavg()`` (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -57,7 +60,7 @@ def environment(database_url: str, mode: str = "direct") -> dict[str, str]:
     return env
 
 
-def loadavg() -> list[float]:
+def loadavg() -> list[float]:  # the machine may be shared: figures come with its load
     return [round(x, 2) for x in os.getloadavg()]
 
 
@@ -198,11 +201,9 @@ def wait_until_up(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     probe = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(OSError):
             if Connection(port).post(probe) == 405:  # the view answers GET 405
                 return
-        except OSError:
-            pass
         time.sleep(0.1)
     raise SystemExit("gunicorn did not come up")
 
@@ -306,14 +307,10 @@ class CpuMeter:
         from django.db import connection
 
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                if connection.vendor == "postgresql"
-                else "SELECT 0"
-            )
-            backends = [pid for (pid,) in cursor.fetchall() if pid]
-        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-        gunicorn = [self.server.pid] + [p for p in workers if process_cpu(p)[0] == self.server.pid]
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            backends = [pid for (pid,) in cursor.fetchall()]
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        gunicorn = [self.server.pid] + [p for p in pids if process_cpu(p)[0] == self.server.pid]
         return {
             "gunicorn": sum(process_cpu(p)[1] for p in gunicorn),
             "postgres": sum(process_cpu(p)[1] for p in backends),
@@ -350,21 +347,48 @@ def post_and_apply(port: int, bodies: list[bytes], clients: int, watch, meter) -
     return result
 
 
+def backlog(port: int, bodies: list[bytes], clients: int, applier: subprocess.Popen) -> dict:
+    """The applier alone: reports posted while it is stopped (SIGSTOP), then the time it takes
+    to apply them once it goes on (SIGCONT) -- what it can sustain, whatever the web side does."""
+    from crm_sms.models import QueuedReport
+
+    applier.send_signal(signal.SIGSTOP)
+    try:
+        posted = post_all(port, bodies, clients)
+    finally:
+        applier.send_signal(signal.SIGCONT)
+    started = time.perf_counter()
+    while QueuedReport.objects.exists():
+        time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    return {
+        "reports": len(bodies),
+        "answered_reports_per_s": posted["reports_per_s"],
+        "applied_seconds": round(seconds, 3),
+        "applied_reports_per_s": round(len(bodies) / seconds, 1),
+        "http_statuses": posted["http_statuses"],
+        "loadavg": loadavg(),
+    }
+
+
 def run_mode(mode: str, n: int, start: int, args, database_url: str) -> dict:
     """One mode: its messages, gunicorn (and the applier), first reports and repeats, checks."""
     from django.db import connection
 
-    rows = insert_messages(n, start)
+    extra = args.backlog if mode == "queued" else 0
+    rows = insert_messages(n + extra, start)
     bodies = [report(m.msg_id, start + i) for i, m in enumerate(rows)]
     first_pk, last_pk = min(m.pk for m in rows), max(m.pk for m in rows)
     env = environment(database_url, mode)
     result: dict = {"messages": n, "loadavg_before": loadavg()}
     server, port = start_gunicorn(args, env)
     applier = start_applier(env) if mode == "queued" else None
-    watch = QueueWatch(first_pk, last_pk, n) if applier else None
+    watch = QueueWatch(first_pk, rows[n - 1].pk, n) if applier else None
     try:
         meter = CpuMeter(server, applier)
-        result.update(post_and_apply(port, bodies, args.clients, watch, meter))
+        result.update(post_and_apply(port, bodies[:n], args.clients, watch, meter))
+        if extra:
+            result["applier_alone"] = backlog(port, bodies[n:], args.clients, applier)
     finally:
         if watch is not None:
             watch.close()
@@ -372,7 +396,7 @@ def run_mode(mode: str, n: int, start: int, args, database_url: str) -> dict:
             stop(applier)
             result["applier_output"] = [json.loads(line) for line in applier.stdout if line.strip()]
         stop(server)
-    result["verification"] = verify(first_pk, last_pk, n, result)
+    result["verification"] = verify(first_pk, last_pk, n + extra, result)
     connection.close()
     return result
 
@@ -386,6 +410,7 @@ def verify(first_pk: int, last_pk: int, n: int, result: dict) -> dict:
     events = MessageEvent.objects.filter(message__in=mine).count()
     answers = set(result["first_reports"]["http_statuses"])
     answers |= set(result["repeated_reports"]["http_statuses"])
+    answers |= set(result.get("applier_alone", {}).get("http_statuses", {}))
     return {
         "delivered": delivered,
         "events": events,
@@ -395,11 +420,19 @@ def verify(first_pk: int, last_pk: int, n: int, result: dict) -> dict:
     }
 
 
+def server_cpu(result: dict) -> float:
+    """CPU ms per report of gunicorn, PostgreSQL and the applier together."""
+    return sum(v for k, v in result["cpu_ms_per_report"].items() if k != "bench_client")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20000, help="reports in queued mode")
     parser.add_argument("--direct-messages", type=int, default=3000, help="in direct mode")
     parser.add_argument("--modes", default="direct,queued")
+    parser.add_argument(
+        "--backlog", type=int, default=10000, help="queued: reports for the applier alone (0: none)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument(
         "--gunicorn-threads", type=int, default=8, help="gthread threads per worker (1: sync)"
@@ -443,17 +476,14 @@ def main() -> None:
     for mode in args.modes.split(","):
         n = args.direct_messages if mode == "direct" else args.messages
         result[mode] = run_mode(mode, n, start, args, database_url)
-        start += n
+        start += n + args.backlog  # the next mode's phone numbers and provider ids follow
     if "direct" in result and "queued" in result:
         direct, queued = result["direct"], result["queued"]
+        base = direct["first_reports"]["reports_per_s"]
         result["queued_vs_direct"] = {
-            "answered_x": round(
-                queued["first_reports"]["reports_per_s"] / direct["first_reports"]["reports_per_s"],
-                1,
-            ),
-            "applied_x": round(
-                queued["applied_reports_per_s"] / direct["first_reports"]["reports_per_s"], 1
-            ),
+            "answered_x": round(queued["first_reports"]["reports_per_s"] / base, 1),
+            "applied_x": round(queued["applied_reports_per_s"] / base, 1),
+            "server_cpu_per_report_x": round(server_cpu(direct) / server_cpu(queued), 1),
         }
     result["loadavg_end"] = loadavg()
     connection.close()

@@ -11,6 +11,8 @@ from django.utils.translation import gettext_lazy as _
 
 from . import conf
 from .backends import provider_choices
+from .models import CampaignKind
+from .quiet_hours import default_window, parse_window
 
 AUTO = ""
 
@@ -88,6 +90,42 @@ class SendSMSForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         help_text=_("Leave empty to send now."),
     )
+    kind = forms.ChoiceField(
+        label=_("Kind"),
+        required=False,
+        choices=CampaignKind.choices,
+        initial=CampaignKind.SERVICE,
+        widget=forms.RadioSelect,
+        help_text=_(
+            "Advertising goes only to contacts who consented to it (38-FZ art. 18) and gets "
+            "the unsubscribe phrase."
+        ),
+    )
+    window_start = forms.TimeField(
+        label=_("Send from"),
+        required=False,
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+    )
+    window_end = forms.TimeField(
+        label=_("Send until"),
+        required=False,
+        widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+        help_text=_(
+            "In each recipient's local time; messages outside it wait for the window to "
+            "open. Leave both empty to send at any hour."
+        ),
+    )
+    translit = forms.BooleanField(
+        label=_("Transliterate"),
+        required=False,
+        help_text=_("Write Cyrillic in Latin letters: fewer SMS parts."),
+    )
+    smart_encoding = forms.BooleanField(
+        label=_("Replace look-alike characters"),
+        required=False,
+        initial=True,
+        help_text=_("« » – … and the like become GSM-7 characters when only they make it UCS-2."),
+    )
     # The text the user saw previewed; "Send" with another text shows the preview again.
     previewed = forms.CharField(required=False, widget=forms.HiddenInput, strip=False)
 
@@ -98,15 +136,56 @@ class SendSMSForm(forms.Form):
         if variables:
             names = ", ".join(f"{{{{ {name} }}}}" for name in variables)
             self.fields["text"].help_text = _("You can use %(names)s.") % {"names": names}
+        window = default_window()
+        if window is not None:
+            self.fields["window_start"].initial = window.start
+            self.fields["window_end"].initial = window.end
 
     def clean_text(self) -> str:
         # Browsers send textarea line breaks as CRLF; the counter on the page (and the user)
         # count one character per line break.
         return re.sub(r"\r\n?", "\n", self.cleaned_data["text"])
 
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or CampaignKind.SERVICE
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, end = data.get("window_start"), data.get("window_end")
+        if (start is None) != (end is None):
+            self.add_error(
+                "window_end" if end is None else "window_start",
+                _("Give both times of the send window, or neither."),
+            )
+        elif start is not None:
+            try:
+                parse_window((start, end))
+            except forms.ValidationError as exc:
+                self.add_error("window_end", exc)
+        return data
+
+    def window(self) -> tuple[Any, Any] | None:
+        """The send window as ``send_campaign(window=...)`` takes it: (start, end) or None."""
+        start, end = self.cleaned_data.get("window_start"), self.cleaned_data.get("window_end")
+        return None if start is None or end is None else (start, end)
+
+    def campaign_options(self) -> dict[str, Any]:
+        """The keyword arguments of preview_campaign and send_campaign the form chose."""
+        data = self.cleaned_data
+        return {
+            "kind": data.get("kind") or CampaignKind.SERVICE,
+            "window": self.window(),
+            "translit": bool(data.get("translit")),
+            "smart_encoding": bool(data.get("smart_encoding")),
+            "scheduled_at": data.get("scheduled_at"),
+        }
+
     def preview_key(self) -> str:
         """A digest of what a preview was made of; "Send" must carry the same one."""
         data = self.cleaned_data
         parts = [data.get("text", ""), data.get("sender", ""), data.get("provider", "")]
         parts.append(str(data.get("scheduled_at") or ""))
+        options = self.campaign_options()
+        parts += [options["kind"], str(options["window"]), str(options["translit"])]
+        parts.append(str(options["smart_encoding"]))
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]

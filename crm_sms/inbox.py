@@ -21,8 +21,9 @@ transaction and deletes them when it commits; a file that cannot be read or appl
 
 **The queue.** In "queued" mode a callback costs one INSERT of its cleaned reports
 (``queue_reports``: a ``QueuedReport`` row, a JSON list of the ``report`` objects above),
-committed before the answer; ``apply_queued_reports`` (``manage.py sms_reports``, the worker's
-housekeeping) applies the rows in batches and deletes them in the same transaction.
+committed before the answer; ``apply_queued_reports`` (``manage.py sms_reports``, the worker)
+applies the rows in batches, deleting them in the same transaction (``--retry-broken``: rows
+set aside because they failed alone are tried again).
 """
 
 from __future__ import annotations
@@ -432,17 +433,13 @@ def queue_reports(
 def apply_queued_reports(
     *, max_seconds: float | None = None, batch_size: int = QUEUE_BATCH
 ) -> dict[str, int]:
-    """Apply the queued reports, oldest first, ``batch_size`` rows per transaction: the rows are
-    locked (``SKIP LOCKED`` where the database has it: two appliers never take one row; SQLite
-    has one writer) and deleted, their reports applied (``apply_delivery_reports``), and all
-    of it commits at once: after a crash in between the rows are still there. A batch that
+    """Apply the queued reports, oldest first, ``batch_size`` rows per transaction that locks
+    them (``SKIP LOCKED`` where the database has it; SQLite has one writer), deletes them and
+    applies their reports: a crash before the commit leaves the rows queued. A batch that
     fails for a reason other than the database is retried row by row; a row that fails alone
-    gets its ``error`` (logged) and waits for an operator.
-
-    Returns counts: ``rows`` applied, ``broken`` rows, ``apply_delivery_reports``'s counts
-    summed. OperationalError/InterfaceError: the database is away (the rows stay).
-    ``max_seconds`` bounds the time (a batch is never cut); None: until the queue is empty.
-    """
+    gets its ``error`` (logged) and waits for an operator. Returns counts: ``rows``,
+    ``broken`` and ``apply_delivery_reports``'s. OperationalError/InterfaceError: the database
+    is away. ``max_seconds`` bounds the time (a batch is never cut); None: until empty."""
     counts = Counter(rows=0, broken=0)
     started = time.monotonic()
     while _apply_queued_batch(batch_size, counts) >= batch_size:
@@ -472,7 +469,7 @@ def _apply_queued_batch(limit: int, counts: Counter, pk: int | None = None) -> i
             for one in taken:
                 _apply_queued_batch(1, counts, pk=one)
             return len(taken)
-        logger.exception("Applying queued delivery reports #%d failed", taken[0])
+        logger.exception("Queued delivery reports #%d failed alone: set aside", taken[0])
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         QueuedReport.objects.filter(pk=taken[0]).update(error=reason)
         counts["broken"] += 1

@@ -26,6 +26,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from .. import outbox
 from ..models import Campaign, CampaignStatus, Message, MessageStatus
 from . import resend
+from .campaign_costs import COMPLIANCE_FIELDS, CampaignComplianceMixin
 from .common import DRAFT_SESSION_KEY, SEND_SMS_PERMISSION, excluded_rows
 
 ACTIVE_CAMPAIGN_STATUSES = {CampaignStatus.RUNNING, CampaignStatus.SCHEDULED}
@@ -108,10 +109,11 @@ class CampaignChangeList(ChangeList):
 # --- the admin --------------------------------------------------------------------------------
 
 
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "status",
+        "kind",
         "progress",
         "recipients_count",
         "created_by",
@@ -119,7 +121,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
     )
-    list_filter = ("status", "created_at")
+    list_filter = ("status", "kind", "created_at")
     list_select_related = ("created_by",)
     search_fields = ("name",)
     show_full_result_count = False
@@ -150,6 +152,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "pause_reason",
         "recipients_count",
         "excluded_display",
+        *COMPLIANCE_FIELDS,
     )
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:

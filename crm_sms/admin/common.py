@@ -23,6 +23,7 @@ EXCLUDED_REASONS = {
     "opted_out": gettext_lazy("opted out"),
     "invalid": gettext_lazy("invalid phone"),
     "duplicate": gettext_lazy("duplicate phone"),
+    "no_consent": gettext_lazy("no consent to advertising"),
 }
 
 

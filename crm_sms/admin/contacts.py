@@ -18,6 +18,7 @@ from ..models import Contact, ContactGroup
 from ..phones import normalize_phone
 from ..resources import ContactResource
 from .common import EXPORT_CONTACTS_PERMISSION
+from .consent_actions import ConsentAdminMixin
 from .imports import ContactImportMixin
 from .paginator import LargeListMixin
 from .search import ContactSearchMixin, GroupFilter
@@ -53,6 +54,7 @@ class ContactAdmin(
     ContactImportMixin,
     PhoneSearchMixin,
     ContactSearchMixin,
+    ConsentAdminMixin,
     ExportMixin,
     admin.ModelAdmin,
 ):

@@ -104,7 +104,7 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "phone",
         "status_badge",
         "campaign",
-        "provider",
+        "provider_column",
         "short_text",
         "segments",
         "attempts",
@@ -130,6 +130,8 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "text",
         "sender",
         "provider",
+        "moved_from",
+        "move_reason",
         "msg_id",
         "provider_message_id",
         "status_badge",
@@ -138,6 +140,8 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "error_code",
         "error_message",
         "attempts",
+        "time_zone",
+        "window_end_at",
         "next_attempt_at",
         "claimed_at",
         "segments",
@@ -171,6 +175,19 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=gettext_lazy("text"))
     def short_text(self, message: Message) -> str:
         return message.text if len(message.text) <= 40 else message.text[:39] + "…"
+
+    @admin.display(description=gettext_lazy("provider"), ordering="provider")
+    def provider_column(self, message: Message) -> str:
+        """The provider that sent it (or will); "reserve ← default" when failover moved it
+        (``crm_sms.outbox.failover``), the reason on hover. No query: fields of the row."""
+        if not message.moved_from:
+            return message.provider
+        return format_html(
+            '{} <span class="crm-sms-moved" title="{}">← {}</span>',
+            message.provider,
+            message.move_reason,
+            message.moved_from,
+        )
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, message: Message) -> str:

@@ -26,6 +26,7 @@ from ..forms import SendSMSForm
 from ..models import Campaign, CampaignStatus
 from ..outbox.counting import RecipientCounts, count_recipients
 from .common import DRAFT_SESSION_KEY, SEND_SMS_PERMISSION, excluded_rows
+from .send_preview import compliance_context
 
 
 class SendSMSAdminMixin:
@@ -108,6 +109,7 @@ class SendSMSAdminMixin:
                 sender=data["sender"] or None,
                 provider=data["provider"],
                 sample_size=self.sms_preview_size,
+                **form.campaign_options(),
                 **kwargs,
             )
         except ValidationError as exc:
@@ -141,8 +143,8 @@ class SendSMSAdminMixin:
                 name=data["name"] or None,
                 sender=data["sender"] or None,
                 provider=data["provider"],
-                scheduled_at=data["scheduled_at"],
                 created_by=request.user,
+                **form.campaign_options(),
                 **kwargs,
             )
         except ValidationError as exc:
@@ -195,6 +197,7 @@ class SendSMSAdminMixin:
             "gsm7_basic": "".join(sorted(text.GSM7_BASIC)),
             "gsm7_extension": "".join(sorted(text.GSM7_EXTENSION)),
             "media": self.media,  # type: ignore[attr-defined]
+            **compliance_context(preview),
         }
 
     def _sms_counts(self, recipients: QuerySet, kwargs: dict[str, Any]) -> RecipientCounts | None:
@@ -265,6 +268,7 @@ FIELD_OF_CODE = {
     "invalid_sender": "sender",
     "provider": "provider",
     "unknown_provider": "provider",
+    "window": "window_end",
 }
 
 

@@ -7,7 +7,9 @@
    transforms the text as crm_sms/translit.py does before sending: transliteration when the
    #id_translit box is ticked (iuliia's schema tables, words in capitals kept in capitals),
    smart encoding (look-alike punctuation -> GSM-7, only when that makes the text GSM-7) unless
-   #id_smart_encoding is unticked, and shows the parts after and before. In Node, the functions
+   #id_smart_encoding is unticked, and shows the parts after and before. When the "kind" radio
+   says advertising, the unsubscribe phrase is appended first (crm_sms.inbound.with_unsubscribe,
+   its configuration in "sms-translit".unsubscribe). In Node, the functions
    are exported for the tests (tests/test_translit.py). */
 (function () {
   "use strict";
@@ -106,6 +108,17 @@
     return text;
   }
 
+  /* An advertising text with the unsubscribe phrase: crm_sms.inbound.with_unsubscribe. */
+  function squeezed(text) {
+    return text.toLowerCase().split(/\s+/).filter(Boolean).join(" ");
+  }
+
+  function withUnsubscribe(text, unsubscribe) {
+    var phrase = unsubscribe ? unsubscribe.phrase : "";
+    if (!phrase || squeezed(text).indexOf(squeezed(phrase)) !== -1) { return text; }
+    return text.replace(/\s+$/, "") + unsubscribe.separator + phrase;
+  }
+
   function format(template, info) {
     return template.replace(/\{(\w+)\}/g, function (m, key) {
       return key in info ? String(info[key]) : m;
@@ -113,7 +126,7 @@
   }
 
   var api = { smsInfo: smsInfo, prepareText: prepareText, transliterate: transliterate,
-              smartEncode: smartEncode, toSet: toSet };
+              smartEncode: smartEncode, toSet: toSet, withUnsubscribe: withUnsubscribe };
   if (typeof module !== "undefined" && module.exports) { module.exports = api; }
   if (typeof document === "undefined") { return; }
 
@@ -124,6 +137,11 @@
 
   function readSet(id) {
     return toSet(readJSON(id) || "");
+  }
+
+  function advertising() {
+    var checked = document.querySelector("input[name=kind]:checked");
+    return !!(checked && checked.value === "advertising");
   }
 
   function options(config) {
@@ -164,6 +182,7 @@
     var config = readJSON("sms-translit");
     function update() {
       var text = textarea.value.replace(/\r\n?/g, "\n");
+      if (text && advertising() && config) { text = withUnsubscribe(text, config.unsubscribe); }
       var opts = options(config);
       show(counter, text, prepareText(text, opts, config, basic, extension), opts, config,
            basic, extension);
@@ -172,6 +191,9 @@
     ["id_translit", "id_smart_encoding"].forEach(function (id) {
       var box = document.getElementById(id);
       if (box) { box.addEventListener("change", update); }
+    });
+    document.querySelectorAll("input[name=kind]").forEach(function (radio) {
+      radio.addEventListener("change", update);
     });
     update();
   }
