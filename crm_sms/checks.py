@@ -42,6 +42,7 @@ def check_providers(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     for alias in providers:
         problems.extend(check_provider(alias))
     problems.extend(_check_numbers())
+    problems.extend(_check_failover(providers))
     return problems
 
 
@@ -91,3 +92,20 @@ def _check_numbers() -> list[checks.CheckMessage]:
                 )
             )
     return problems
+
+
+def _check_failover(providers: Any) -> list[checks.CheckMessage]:
+    """``FAILOVER`` naming a provider that is not configured: failover skips it."""
+    missing = [alias for alias in conf.failover_chain() if alias not in providers]
+    if not missing:
+        return []
+    return [
+        checks.Warning(
+            f"FAILOVER names provider(s) that are not configured: {', '.join(missing)}; "
+            "failover skips them.",
+            hint="Set "
+            + ", ".join(conf.env_variable(alias) for alias in missing)
+            + ", or leave them out of SMS_FAILOVER.",
+            id="crm_sms.W002",
+        )
+    ]

@@ -375,3 +375,22 @@ def test_the_chain_skips_providers_that_are_not_configured(settings):
     assert failover.next_provider("a") == "c"
     assert failover.next_provider("c") is None
     assert failover.next_provider("other") is None
+
+
+# For tests/test_failover.py once FAILOVER-checks.patch is applied (crm_sms/checks.py, W002).
+
+
+def test_a_failover_alias_that_is_not_configured_is_a_warning(settings):
+    from django.core.management import call_command
+
+    from crm_sms.checks import check_providers
+
+    settings.CRM_SMS = {
+        "PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.console.ConsoleBackend"}},
+        "FAILOVER": ["default", "reserve"],
+    }
+    [warning] = [p for p in check_providers() if p.id == "crm_sms.W002"]
+    assert "reserve" in warning.msg and "SMS_URL_RESERVE" in warning.hint
+    settings.CRM_SMS = {**settings.CRM_SMS, "FAILOVER": ["default"]}
+    assert not [p for p in check_providers() if p.id == "crm_sms.W002"]
+    call_command("check")  # a warning does not stop the site
