@@ -19,6 +19,7 @@ def favicon(request: HttpRequest) -> FileResponse:
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("favicon.ico", favicon),
+    path("i18n/", include("django.conf.urls.i18n")),  # the admin's language switch
     path("admin/", admin.site.urls),
     path("sms/", include("crm_sms.urls")),
 ]

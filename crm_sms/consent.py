@@ -28,6 +28,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from .bulk import RowInserter
 from .models import (
@@ -87,7 +88,9 @@ def withdraw_consent(contacts: Any, *, source: str, reason: str = "", by: Any = 
             _Event(ContactEventKind.CONSENT_WITHDRAWN, source, reason, by),
             now,
         )
-        cancel_queued(pks, _("Consent to advertising withdrawn"), advertising_only=True, now=now)
+        cancel_queued(
+            pks, gettext_noop("Consent to advertising withdrawn"), advertising_only=True, now=now
+        )
     return len(pks)
 
 
@@ -111,7 +114,7 @@ def opt_out(contacts: Any, *, source: str, reason: str = "", by: Any = None) -> 
             _Event(ContactEventKind.CONSENT_WITHDRAWN, source, reason, by, {"opted_out": True}),
             now,
         )
-        cancel_queued(pks, _("The contact opted out"), advertising_only=False, now=now)
+        cancel_queued(pks, gettext_noop("The contact opted out"), advertising_only=False, now=now)
     _refresh(contacts, {"consent_withdrawn_at": now}, withdrawn)
     return len(pks)
 

@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from .bulk import RowInserter
+from .event_text import event_params
 from .models import Message, MessageEvent
 from .signals import message_status_changed
 
@@ -78,6 +79,7 @@ def _instance(event: EventRow | MessageEvent) -> MessageEvent:
     values = event._asdict()
     if values["created_at"] is None:
         del values["created_at"]  # the model's default: now
+    values["params"] = event_params(values["description"])
     values["description"] = str(values["description"])
     return MessageEvent(**values)
 
@@ -86,8 +88,9 @@ def insert_event_rows(rows: Sequence[EventRow]) -> int:
     """INSERT ``rows`` as MessageEvents without instances (``bulk.RowInserter``); returns how
     many. Payloads become JSON; each distinct time (a batch shares one) and each lazy
     description (a module constant) is prepared once."""
-    inserter = RowInserter(MessageEvent, {}, _FIELDS)
+    inserter = RowInserter(MessageEvent, {}, (*_FIELDS, "params"))
     payload_field = MessageEvent._meta.get_field("payload")
+    params_field = MessageEvent._meta.get_field("params")
     default_time = timezone.now()
     prepared: dict[Any, Any] = {}
 
@@ -110,6 +113,7 @@ def insert_event_rows(rows: Sequence[EventRow]) -> int:
             description,
             payload_field.get_db_prep_save(row.payload, connection),
             once(time, lambda: inserter.prepare("created_at", time)),
+            params_field.get_db_prep_save(event_params(row.description), connection),
         )
 
     return inserter.insert(values(row) for row in rows)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import conf
 from .backends import provider_choices
 from .models import CampaignKind
 from .quiet_hours import default_window, parse_window
+from .send_checks import check_text_and_sender
 
 AUTO = ""
 
@@ -133,9 +136,13 @@ class SendSMSForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["provider"].choices = provider_choices()
         self.fields["provider"].initial = conf.default_provider()
+        self.template_variables = list(variables or [])
         if variables:
             names = ", ".join(f"{{{{ {name} }}}}" for name in variables)
             self.fields["text"].help_text = _("You can use %(names)s.") % {"names": names}
+        self.fields["scheduled_at"].help_text = _("%(zone)s time. Leave empty to send now.") % {
+            "zone": timezone.get_current_timezone_name()
+        }
         window = default_window()
         if window is not None:
             self.fields["window_start"].initial = window.start
@@ -146,11 +153,21 @@ class SendSMSForm(forms.Form):
         # count one character per line break.
         return re.sub(r"\r\n?", "\n", self.cleaned_data["text"])
 
+    def clean_scheduled_at(self) -> Any:
+        when = self.cleaned_data.get("scheduled_at")
+        if when is not None and when < timezone.now() - timedelta(minutes=1):
+            raise forms.ValidationError(
+                _("This time has passed: give a time in the future, or leave it empty."),
+                code="scheduled_in_past",
+            )
+        return when
+
     def clean_kind(self) -> str:
         return self.cleaned_data.get("kind") or CampaignKind.SERVICE
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        check_text_and_sender(self, data)
         start, end = data.get("window_start"), data.get("window_end")
         if (start is None) != (end is None):
             self.add_error(

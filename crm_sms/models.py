@@ -441,7 +441,9 @@ class MessageEvent(models.Model):
     )
     new_status = models.CharField(_("new status"), max_length=20, choices=MessageStatus.choices)
     error_code = models.CharField(_("error code"), max_length=50, blank=True)
+    # English (a msgid); with parameters, ``params`` holds them: crm_sms/event_text.py.
     description = models.TextField(_("description"), blank=True)
+    params = models.JSONField(_("description parameters"), null=True, blank=True)
     payload = models.JSONField(_("payload"), null=True, blank=True)
     created_at = models.DateTimeField(_("time"), default=timezone.now)
 

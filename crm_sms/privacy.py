@@ -28,6 +28,7 @@ from django.db import models, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from .models import (
     Contact,
@@ -144,7 +145,7 @@ def erase_contact(contact: Contact, *, by: Any = None, reason: str = "") -> dict
             )
         messages.filter(contact__isnull=True).update(contact=contact)  # to cancel them too
         mine = Message.objects.filter(contact=contact)
-        description = _("The contact's personal data was erased")
+        description = gettext_noop("The contact's personal data was erased")
         cancelled = cancel_queued([contact.pk], description, advertising_only=False, now=now)
         cancelled += _cancel_uncertain(mine, description, now)
         done = {

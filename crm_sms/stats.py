@@ -8,10 +8,10 @@ too (``bench/dashboard.py``):
   (created_at, provider, status) index (``crm_sms_msg_daily``);
 - failure reasons: one grouped query over the failed and undelivered messages of the period,
   found through their own partial index (``crm_sms_msg_failures``);
-- a campaign over time: three grouped queries over the campaign's rows (through its
-  (campaign, …) indexes): when each was queued (``created_at``), sent (``sent_at``) and
-  settled (``delivered_at``, else the ``updated_at`` of its final move). The status of every
-  message at any minute follows from those times, so the chart needs no event log.
+- a campaign over time: one grouped query over the campaign's rows (its (campaign, …)
+  indexes): the minutes each was queued (``created_at``), sent (``sent_at``) and settled
+  (``delivered_at``, else the ``updated_at`` of its final move). The status of every message
+  at any minute follows from those times, so the chart needs no event log.
 
 Days and minutes are the current time zone's. The dashboard's numbers are cached for
 ``CACHE_SECONDS``; a campaign's timeline is cached until its counts per status change.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from django.core.cache import cache
-from django.db.models import BooleanField, Case, Count, ExpressionWrapper, F, Q, When
+from django.db.models import Case, Count, F, When
 from django.db.models.functions import Coalesce, TruncDate, TruncMinute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy, pgettext_lazy
@@ -186,33 +186,36 @@ class Timeline:
 
 def _flows(campaign_id: int) -> list[tuple[datetime, str, int]]:
     """(minute, what happened, count) for the campaign: ``queued`` when created, ``sent`` when
-    accepted, and ``<series>`` or ``<series>+sent`` (settled after being sent) when settled."""
+    accepted, and ``<series>`` or ``<series>+sent`` (settled after being sent) when settled.
+    One grouped query (one consistent snapshot of a running campaign): per status, the
+    minutes of creation, acceptance and settling; a few rows per minute of the campaign."""
     tz = timezone.get_current_timezone()
-    mine = Message.objects.filter(campaign_id=campaign_id).order_by()
-    created = mine.values_list(TruncMinute("created_at", tzinfo=tz)).annotate(n=Count("*"))
-    # Sent at some point and still counted as sent (a message queued again starts over).
-    sent = (
-        mine.filter(sent_at__isnull=False, status__in=[S.SENT, *SETTLED])
-        .values_list(TruncMinute("sent_at", tzinfo=tz))
-        .annotate(n=Count("*"))
-    )
     settled_at = Case(
         When(status=S.DELIVERED, then=Coalesce("delivered_at", "updated_at")),
-        default=F("updated_at"),
+        When(status__in=SETTLED, then=F("updated_at")),
+        default=None,
     )
-    was_sent = ExpressionWrapper(Q(sent_at__isnull=False), output_field=BooleanField())
-    settled = (
-        mine.filter(status__in=SETTLED)
-        .annotate(at=TruncMinute(settled_at, tzinfo=tz), was_sent=was_sent)
-        .values_list("at", "status", "was_sent")
+    rows = (
+        Message.objects.filter(campaign_id=campaign_id)
+        .order_by()
+        .values_list(
+            "status",
+            TruncMinute("created_at", tzinfo=tz),
+            TruncMinute("sent_at", tzinfo=tz),
+            TruncMinute(settled_at, tzinfo=tz),
+        )
         .annotate(n=Count("*"))
     )
-    flows = [(minute, "queued", n) for minute, n in created]
-    flows += [(minute, "sent", n) for minute, n in sent]
-    for minute, status, was_sent_, n in settled:
-        key = SERIES_OF[status]
-        # Only messages that are still "sent" or that settled after being sent left "sent".
-        flows.append((minute, f"{key}+sent" if was_sent_ else key, n))
+    flows = []
+    for status, created, sent, settled, n in rows:
+        flows.append((created, "queued", n))
+        # A message queued again after being sent starts over: it counts as waiting.
+        was_sent = sent is not None and (status == S.SENT or status in SETTLED)
+        if was_sent:
+            flows.append((sent, "sent", n))
+        if status in SETTLED and settled is not None:
+            key = SERIES_OF[status]
+            flows.append((settled, f"{key}+sent" if was_sent else key, n))
     return [f for f in flows if f[0] is not None]
 
 

@@ -33,6 +33,8 @@ from django.template.defaultfilters import register as default_filters
 from django.template.defaulttags import register as default_tags
 from django.utils.translation import gettext as _
 
+from .template_errors import template_error_text
+
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -256,7 +258,7 @@ def _compile(source: str) -> Template:
     except RecursionError as exc:
         raise _template_error(_("it is too complex, simplify its conditions.")) from exc
     except Exception as exc:  # TemplateSyntaxError, or a tag's own error: the text's fault
-        raise _template_error(str(exc)) from exc
+        raise _template_error(template_error_text(exc)) from exc
 
 
 def _check_lookups(template: Template) -> None:

@@ -1,6 +1,7 @@
 """``make demo``: Ctrl-C stops the sandbox, the worker and the site cleanly (no "Segmentation
-fault", no KeyboardInterrupt traceback, each process's own shutdown, nothing left listening), the sandbox's banner names the sender the demo
-uses, the site serves a favicon, and the demo says how to see the admin in English."""
+fault", no KeyboardInterrupt traceback, each process's own shutdown, nothing left listening);
+the sandbox's banner names the sender the demo uses; the site serves a favicon; the demo says
+how to see the admin in English."""
 
 from __future__ import annotations
 

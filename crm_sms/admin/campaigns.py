@@ -48,6 +48,14 @@ CANCELLED_IS_FINAL = gettext_lazy(
 )
 
 
+def campaign_title(campaign: Campaign) -> str:
+    """The change page's title: a finished campaign is viewed, not changed (and Russian needs
+    no case of «рассылка» after «Изменить»)."""
+    if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
+        return _("View campaign: %(name)s") % {"name": campaign.name}
+    return _("Campaign: %(name)s") % {"name": campaign.name}
+
+
 # --- progress ---------------------------------------------------------------------------------
 
 
@@ -280,7 +288,13 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
             if campaign.status != CampaignStatus.DRAFT:
                 # Everything is read-only once queued: no save buttons.
                 extra_context.update(show_save=False, show_save_and_continue=False)
+            extra_context.setdefault("title", campaign_title(campaign))
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # «Рассылки», not «Выберите рассылка для изменения».
+        extra_context = {"title": _("Campaigns"), **(extra_context or {})}
+        return super().changelist_view(request, extra_context)
 
     def change_page_context(self, request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
         """The change page's state, its counts with links to the messages, and its buttons."""

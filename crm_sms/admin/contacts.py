@@ -19,6 +19,7 @@ from ..phones import normalize_phone
 from ..resources import ContactResource
 from .common import EXPORT_CONTACTS_PERMISSION
 from .consent_actions import ConsentAdminMixin
+from .contact_history import ContactHistoryMixin
 from .imports import ContactImportMixin
 from .paginator import LargeListMixin
 from .search import ContactSearchMixin, GroupFilter
@@ -49,6 +50,7 @@ class PhoneSearchMixin:
 
 
 class ContactAdmin(
+    ContactHistoryMixin,
     LargeListMixin,
     SendSMSAdminMixin,
     ContactImportMixin,

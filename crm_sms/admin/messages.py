@@ -14,9 +14,10 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy
 
 from ..backends import provider_choices
-from ..models import Message, MessageEvent, MessageStatus
+from ..models import ACTIVE_STATUSES, Message, MessageEvent, MessageStatus
 from .common import SEND_SMS_PERMISSION
 from .contacts import search_phone
+from .event_display import EventDescriptionMixin, EventTimeMixin
 from .paginator import LargeListMixin
 from .resend import resend_selected
 
@@ -84,11 +85,18 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class MessageEventInline(admin.TabularInline):
+class MessageEventInline(EventTimeMixin, EventDescriptionMixin, admin.TabularInline):
     model = MessageEvent
     extra = 0
     can_delete = False
-    fields = ("created_at", "source", "old_status", "new_status", "error_code", "description")
+    fields = (
+        "created_at_display",
+        "source",
+        "old_status",
+        "new_status",
+        "error_code",
+        "description_display",
+    )
     readonly_fields = fields
     ordering = ("created_at", "id")
 
@@ -156,6 +164,14 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def has_send_sms_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(SEND_SMS_PERMISSION)
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """ "Next attempt" only while one is owed (queued, sending): not on a message that
+        is sent, delivered, failed, cancelled or uncertain."""
+        fields = super().get_fields(request, obj)
+        if obj is not None and obj.status not in ACTIVE_STATUSES:
+            fields = [f for f in fields if f != "next_attempt_at"]
+        return fields
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
@@ -217,15 +233,17 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return resend_selected(self, request, queryset)
 
 
-class MessageEventAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class MessageEventAdmin(
+    EventTimeMixin, EventDescriptionMixin, LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     list_display = (
-        "created_at",
+        "created_at_display",
         "message",
         "source",
         "old_status",
         "new_status",
         "error_code",
-        "description",
+        "description_display",
     )
     list_select_related = ("message",)
     search_fields = ("message__msg_id__exact",)
@@ -240,7 +258,7 @@ class MessageEventAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "old_status",
         "new_status",
         "error_code",
-        "description",
+        "description_display",
         "payload",
         "created_at",
     )

@@ -2,8 +2,9 @@
 
 - **No COUNT(*) over a whole big table on every page.** An unfiltered list on PostgreSQL takes
   the planner's estimate of the table's rows (``pg_class.reltuples`` scaled to the table's
-  present size, as PostgreSQL itself does), as large Django admins do; the page says "about" and
-  links to the exact count (``?_exact_count=1``). Filtered and searched lists, small tables and
+  present size, as PostgreSQL itself does), as large Django admins do; the page says it is an
+  estimate and links to the exact count (``?_exact_count=1``;
+  ``templates/admin/crm_sms/pagination.html``). Filtered and searched lists, small tables and
   other databases count exactly (the ModelAdmins set ``show_full_result_count = False``, so a
   filtered page does not count the whole table as well).
 - **No deep OFFSET.** A deep page in the second half of the list is read backwards from the

@@ -161,8 +161,9 @@ def claim_job(job_id: int | None = None) -> ImportJob | None:
         pk = due.order_by("created_at", "id").values_list("pk", flat=True).first()
         if pk is None:
             return None
-        claimed = ImportJob.objects.filter(_due(now), pk=pk).update(
-            status=ImportJobStatus.RUNNING,
+        claimed = _move(
+            ImportJob.objects.filter(_due(now), pk=pk),
+            ImportJobStatus.RUNNING,
             started_at=now,
             heartbeat_at=now,
             attempts=F("attempts") + 1,
@@ -227,9 +228,16 @@ def run_job(job: ImportJob, stop: threading.Event | None = None) -> ImportJob:
         error = _("The import failed: %(error)s") % {"error": f"{type(exc).__name__}: {exc}"}
         return _finish(job, ImportJobStatus.FAILED, error=error)
     if not result.complete:  # stopping: back to the queue, it goes on from its checkpoint
-        fence.update(status=ImportJobStatus.QUEUED, attempts=F("attempts") - 1)
+        _move(fence, ImportJobStatus.QUEUED, attempts=F("attempts") - 1)
         return job
     return _finish(job, ImportJobStatus.DONE, result=result)
+
+
+def _move(jobs: Any, status: str, **values: Any) -> int:
+    """Set the status of the ``jobs`` queryset (with ``values``); how many rows moved. An
+    import job's states are its own: ``crm_sms.transitions`` (messages and campaigns, whose
+    every move writes an event) does not cover them."""
+    return jobs.update(**{"status": status, **values})
 
 
 def _progress(result: ImportResult) -> dict[str, Any]:
@@ -250,12 +258,13 @@ def _finish(
 ) -> ImportJob:
     """End the claimed ``job`` (unless another runner took it over). An import's file goes
     when it ends; a check's stays for the import that may follow."""
-    values: dict[str, Any] = {"status": status, "error": error, "finished_at": timezone.now()}
+    values: dict[str, Any] = {"error": error, "finished_at": timezone.now()}
     if result is not None:
         values.update(_progress(result), fraction=1.0)
-    ended = ImportJob.objects.filter(
+    fence = ImportJob.objects.filter(
         pk=job.pk, status=ImportJobStatus.RUNNING, attempts=job.attempts
-    ).update(**values)
+    )
+    ended = _move(fence, status, **values)
     if ended and (not job.dry_run or status == ImportJobStatus.FAILED):
         Path(job.file_path).unlink(missing_ok=True)
     job.refresh_from_db()

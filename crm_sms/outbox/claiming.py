@@ -28,10 +28,11 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from .. import conf
 from ..backends.base import RetrySafety
+from ..event_text import EventText
 from ..models import Campaign, CampaignStatus, EventSource, Message, MessageStatus
 from ..quiet_hours import CLAIM_MARGIN, reschedule_closed
 from ..transitions import MessageMove, move_messages
@@ -84,7 +85,7 @@ def claim_messages(queryset: Any, limit: int, now: datetime | None = None) -> li
                 MessageStatus.SENDING,
                 EventSource.RETRY if message.attempts else EventSource.SEND,
                 {"claimed_at": now},
-                description=_("Attempt %(n)d") % {"n": message.attempts + 1},
+                description=EventText("Attempt %(n)d", n=message.attempts + 1),
             )
             for message in qs[:limit]
         ]
@@ -127,7 +128,7 @@ def settle_cancelled(moves: Sequence[MessageMove], campaigns: dict[int, str]) ->
         if move.new == MessageStatus.QUEUED and cancelled:
             move.new = MessageStatus.CANCELLED
             move.values.pop("next_attempt_at", None)
-            move.description = _("The campaign is cancelled: not sent again")
+            move.description = gettext_noop("The campaign is cancelled: not sent again")
 
 
 def _take_back(message: Message, now: datetime, safety: RetrySafety) -> MessageMove:
@@ -138,7 +139,7 @@ def _take_back(message: Message, now: datetime, safety: RetrySafety) -> MessageM
             MessageStatus.UNCERTAIN,
             EventSource.RETRY,
             {"claimed_at": None, "maybe_sent": True},
-            description=_(
+            description=gettext_noop(
                 "Claim expired (the worker stopped, perhaps while sending); not sent again "
                 "without an operator's confirmation"
             ),
@@ -149,7 +150,7 @@ def _take_back(message: Message, now: datetime, safety: RetrySafety) -> MessageM
         EventSource.RETRY,
         # LOOKUP providers are asked before the next attempt (``maybe_sent``).
         {"claimed_at": None, "next_attempt_at": now, "maybe_sent": True},
-        description=_("Claim expired (the worker stopped); sending again"),
+        description=gettext_noop("Claim expired (the worker stopped); sending again"),
     )
 
 

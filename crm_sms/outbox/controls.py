@@ -16,7 +16,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
+from ..event_text import EventText
 from ..models import (
     ACTIVE_STATUSES,
     Campaign,
@@ -120,7 +122,7 @@ def cancel_campaign(campaign: Campaign) -> int:
             Message.objects.filter(campaign_id=campaign.pk),
             MessageStatus.QUEUED,
             MessageStatus.CANCELLED,
-            _("Campaign cancelled"),
+            gettext_noop("Campaign cancelled"),
             now,
         )
         # Uncertain ones too (UNCERTAIN): nobody is to be asked to resend them any more.
@@ -128,7 +130,7 @@ def cancel_campaign(campaign: Campaign) -> int:
             Message.objects.filter(campaign_id=campaign.pk),
             MessageStatus.UNCERTAIN,
             MessageStatus.CANCELLED,
-            _("Campaign cancelled"),
+            gettext_noop("Campaign cancelled"),
             now,
         )
     campaign.refresh_from_db()
@@ -167,7 +169,7 @@ def retry_failed(campaign: Campaign, *, seen_at: datetime | None = None) -> int:
             failed,
             MessageStatus.FAILED,
             MessageStatus.QUEUED,
-            _("Queued again after failure (same msg_id)"),
+            gettext_noop("Queued again after failure (same msg_id)"),
             now,
             attempts=0,
             next_attempt_at=now,
@@ -251,11 +253,11 @@ def _judge_resend(message: Message) -> tuple[resending.Verdict, str]:
 def _requeue(message: Message, verdict: str, now: datetime, by: str) -> None:
     """Move the locked ``message`` to ``queued`` for a new attempt with the same msg_id."""
     if verdict == resending.Verdict.CONFIRM:
-        description = _("Resend confirmed (the subscriber may get it twice)")
+        description = gettext_noop("Resend confirmed (the subscriber may get it twice)")
     else:
-        description = _("Resend requested (same msg_id)")
+        description = gettext_noop("Resend requested (same msg_id)")
     if by:
-        description = _("%(what)s by %(user)s") % {"what": description, "user": by}
+        description = EventText("%(what)s by %(user)s", what=EventText(description), user=by)
     maybe_sent = message.maybe_sent or message.status in (
         MessageStatus.UNCERTAIN,
         *resending.ACCEPTED_STATUSES,

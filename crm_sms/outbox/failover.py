@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from .. import conf
 from ..backends.base import SendStatus
 from ..bulk import update_rows
+from ..event_text import EventText
 from ..models import CampaignStatus, EventSource, Message, MessageStatus, new_msg_ids
 from ..quiet_hours import clamp_retry
 from ..transitions import MessageMove, move_messages
@@ -105,11 +106,12 @@ def failover_payload(
 
 
 def moved_description(old: str, new: str, reason: str) -> str:
-    return _("Moved from %(old)s to %(new)s with a new msg_id: %(reason)s") % {
-        "old": old,
-        "new": new,
-        "reason": reason or _("the provider refuses all messages"),
-    }
+    return EventText(
+        "Moved from %(old)s to %(new)s with a new msg_id: %(reason)s",
+        old=old,
+        new=new,
+        reason=reason or EventText("the provider refuses all messages"),
+    )
 
 
 # --- a batch of results (called by results.write_results, inside its transaction) ---------
@@ -230,19 +232,19 @@ def _stay(
             summary.given_back -= 1
         else:
             summary.retried -= 1
-        text = _(
+        text = gettext_noop(
             "%(old)s refuses all messages and this one may have reached it already, so it is "
             "not moved to %(new)s; retries exhausted: retry it once %(old)s works again"
         )
-        move.description = text % names
+        move.description = EventText(text, **names)
         return
     move.values["next_attempt_at"] = now + timedelta(seconds=retry_delay(attempts))
     clamp_retry(message, move.values)
-    text = _(
+    text = gettext_noop(
         "%(old)s refuses all messages; this one may have reached it already, so it is not "
         "moved to %(new)s and is tried at %(old)s again later"
     )
-    move.description = text % names
+    move.description = EventText(text, **names)
 
 
 def _keep_running(jobs: list[Job], pause: dict[int, str], handovers: dict[str, Handover]) -> None:

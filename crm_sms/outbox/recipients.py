@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from django.core.exceptions import (
@@ -18,6 +18,8 @@ from django.core.exceptions import (
     ImproperlyConfigured,
     ValidationError,
 )
+from django.db import connection
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -238,11 +240,71 @@ def _rows(sel: Selection, contacts: Any) -> Iterator[dict[str, Any]]:
     return contacts.values(*columns).iterator(chunk_size=2000)
 
 
-def _opted_out_phones(sel: Selection) -> set[str]:
-    """Other models may share a phone with an opted-out Contact: never send to that number."""
+def _opted_out_phones(sel: Selection, phones: list[str | None]) -> set[str]:
+    """Other models may share a phone with an opted-out Contact: never send to that number.
+    Which of this chunk's ``phones`` an opted-out Contact has (looked up per chunk, so no set
+    of every opted-out phone is held)."""
     if sel.is_contact:
         return set()
-    return set(Contact.objects.filter(opted_out=True).values_list("phone", flat=True))
+    wanted = [p for p in phones if p is not None]
+    return set(
+        Contact.objects.filter(opted_out=True, phone__in=wanted).values_list("phone", flat=True)
+    )
+
+
+#: E.164 as SQL can check it: ``counting.E164_SQL`` (and the PostgreSQL partial index of the
+#: contacts whose phone does not match it, migration 0006).
+E164_SQL = r"^\+[1-9][0-9]{7,14}$"
+
+
+def _phone_is_unique(model: type, phone_field: str) -> bool:
+    """Whether no two rows can have the same raw phone (a unique column of the model)."""
+    if "__" in phone_field:
+        return False
+    return bool(model._meta.get_field(phone_field).unique)
+
+
+def contested_phones(sel: Selection, contacts: Any) -> set[str] | None:
+    """The normalized phones that more than one row of ``contacts`` may have: those of the
+    rows whose phone is not E.164 (few: the import and the forms store E.164; on PostgreSQL a
+    partial index holds them) and, when the phone column is not unique, the raw phones that
+    repeat. Any other phone belongs to one row only and can never be a duplicate, so only
+    these need remembering while streaming: memory follows the odd and repeated rows, not the
+    selection's size. None (remember every phone) for a sliced or combined queryset."""
+    query = contacts.query
+    if query.is_sliced or query.combinator:
+        return None
+    rows = contacts.order_by()
+    field = sel.phone_field
+    odd = ~Q(**{f"{field}__regex": E164_SQL})
+    if connection.vendor == "sqlite":  # its REGEXP is re.search: "$" matches before a "\n"
+        odd |= Q(**{f"{field}__contains": "\n"})
+    contested: set[str] = set()
+    raws = rows.filter(odd).values_list(field, flat=True).iterator(chunk_size=CHUNK)
+    if not _phone_is_unique(sel.model, field):
+        repeated = rows.values(field).annotate(n=Count("*")).filter(n__gt=1)
+        raws = chain(raws, repeated.values_list(field, flat=True).iterator(chunk_size=CHUNK))
+    for raw in raws:
+        phone = _clean_phone(raw)
+        if phone is not None:
+            contested.add(phone)
+    return contested
+
+
+class SeenPhones:
+    """The phones already given a text, remembered only when they are ``contested`` (all
+    when it is None): ``phone in seen`` is then exact for every phone."""
+
+    def __init__(self, contested: set[str] | None):
+        self.contested = contested
+        self.phones: set[str] = set()
+
+    def __contains__(self, phone: object) -> bool:
+        return phone in self.phones
+
+    def add(self, phone: str) -> None:
+        if self.contested is None or phone in self.contested:
+            self.phones.add(phone)
 
 
 def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] | None:
@@ -267,7 +329,12 @@ def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] 
 
 
 def _exclusion(
-    sel: Selection, row: dict, phone: str | None, seen: set, opted: set, consenting: set | None
+    sel: Selection,
+    row: dict,
+    phone: str | None,
+    seen: SeenPhones | set,
+    opted: set,
+    consenting: set | None,
 ) -> str:
     """Why the row is left out ("" when it is not). ``consenting``: the phones of this chunk
     whose Contact consented, when consent is looked up by phone."""
@@ -318,15 +385,19 @@ def _zone(sel: Selection, row: dict[str, Any], phone: str) -> str:
 def iter_recipients(sel: Selection, contacts: Any) -> Iterator[Recipient]:
     """Stream the rows of ``contacts`` and yield who gets which text; counts what is left out
     (opted out, no consent to advertising, invalid phone or text, duplicate phone) on
-    ``sel.excluded``."""
-    opted = _opted_out_phones(sel)
-    seen: set[str] = set()
+    ``sel.excluded``. Nothing grows with the rows: they are read ``CHUNK`` at a time, the
+    phones of opted-out and consenting Contacts looked up per chunk, and only the phones more
+    than one row may have (``contested_phones``) remembered for the duplicate check."""
+    seen: SeenPhones | None = None
     if sel.due is None:
         sel.due = timezone.now()
     try:
         rows = _rows(sel, contacts)
         while chunk := list(islice(rows, CHUNK)):
+            if seen is None:  # after the stream's first read: its rows are all counted in
+                seen = SeenPhones(contested_phones(sel, contacts))
             phones = [_clean_phone(row[sel.phone_field]) for row in chunk]
+            opted = _opted_out_phones(sel, phones)
             consenting = _consenting_phones(sel, phones)
             for row, phone in zip(chunk, phones, strict=True):
                 reason = _exclusion(sel, row, phone, seen, opted, consenting)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_noop
 
 from .. import conf
 from ..backends.base import RetrySafety, SendResult, SendStatus
@@ -63,7 +63,7 @@ class Outcome:
 
     status: str
     values: dict[str, Any]
-    description: str  # or a lazy translation (a module constant: translated once per batch)
+    description: str  # English: crm_sms/event_text.py
 
 
 def may_have_arrived(result: SendResult) -> bool:
@@ -99,33 +99,35 @@ def outcome(job: Job, now: datetime, max_attempts: int) -> Outcome:
         return Outcome(SENT, values, _accepted_description(job))
     if result.status is SendStatus.REJECTED:
         values["attempts"] = attempts
-        return Outcome(FAILED, values, _("Rejected"))
+        return Outcome(FAILED, values, gettext_noop("Rejected"))
     if values["maybe_sent"] and retry_safety(job.backend) is RetrySafety.NONE:
         values["attempts"] = attempts
-        return Outcome(UNCERTAIN, values, str(UNCERTAIN_DESCRIPTION))
+        return Outcome(UNCERTAIN, values, UNCERTAIN_DESCRIPTION)
     if result.status is SendStatus.PROVIDER_ERROR and job.message.campaign_id:
         # Not the message's fault: no attempt is used; the campaign pauses once the gate trips.
         if job.tripped:
             values["next_attempt_at"] = now
-            return Outcome(QUEUED, values, _("Provider error; the campaign is paused"))
+            return Outcome(QUEUED, values, gettext_noop("Provider error; the campaign is paused"))
         values["next_attempt_at"] = now + timedelta(seconds=retry_delay(1))
-        return Outcome(QUEUED, values, _("Provider error; will retry"))
+        return Outcome(QUEUED, values, gettext_noop("Provider error; will retry"))
     # RETRY, or a provider error of a single message: back off, until the attempts run out.
     values["attempts"] = attempts
     if attempts >= max_attempts:
-        return Outcome(FAILED, values, _("Retries exhausted"))
+        return Outcome(FAILED, values, gettext_noop("Retries exhausted"))
     values["next_attempt_at"] = now + timedelta(seconds=retry_delay(attempts))
     if job.lookup == UNKNOWN:
-        return Outcome(QUEUED, values, _("The provider could not say whether it has it; will ask"))
+        return Outcome(
+            QUEUED, values, gettext_noop("The provider could not say whether it has it; will ask")
+        )
     return Outcome(QUEUED, values, WILL_RETRY)
 
 
 #: The most frequent descriptions, lazy: a batch of events translates each once.
-ACCEPTED = gettext_lazy("Accepted")
-WILL_RETRY = gettext_lazy("Will retry")
+ACCEPTED = gettext_noop("Accepted")
+WILL_RETRY = gettext_noop("Will retry")
 
 #: The event of a message that became ``uncertain``.
-UNCERTAIN_DESCRIPTION = gettext_lazy(
+UNCERTAIN_DESCRIPTION = gettext_noop(
     "Uncertain whether sent: the answer was lost after the request may have reached the "
     "provider, which cannot drop a repeat or be asked. Not sent again unless an operator "
     "confirms a resend (the subscriber may then get it twice)."
@@ -146,11 +148,13 @@ def _still_maybe_sent(job: Job, result: SendResult) -> bool:
 def _accepted_description(job: Job) -> str:
     result = job.result
     if job.lookup == FOUND:
-        return _("Found at the provider: the earlier attempt had arrived; not sent again")
+        return gettext_noop(
+            "Found at the provider: the earlier attempt had arrived; not sent again"
+        )
     if job.lookup == NOT_FOUND:
-        return _("Not found at the provider, so sent again: accepted")
+        return gettext_noop("Not found at the provider, so sent again: accepted")
     if result is not None and result.error_code:
-        return _("Accepted earlier (duplicate msg_id)")
+        return gettext_noop("Accepted earlier (duplicate msg_id)")
     return ACCEPTED
 
 
@@ -160,9 +164,9 @@ def _given_back(job: Job, now: datetime) -> Outcome:
     if job.given_back == "provider_error" and not job.message.campaign_id:
         delay = retry_delay(job.attempts + 1)
     if job.given_back == "stopping":
-        description = _("Not sent: the worker stopped")
+        description = gettext_noop("Not sent: the worker stopped")
     else:
-        description = _("Not sent: the provider refuses all messages")
+        description = gettext_noop("Not sent: the provider refuses all messages")
     return Outcome(QUEUED, {"next_attempt_at": now + timedelta(seconds=delay)}, description)
 
 
