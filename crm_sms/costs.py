@@ -93,11 +93,12 @@ def _campaign_price(campaign: Any, alias: str) -> Price | None:
     return provider_price(alias)
 
 
-def campaign_cost(campaign: Any) -> tuple[Decimal | None, str]:
+def campaign_cost(campaign: Any, parts: dict[str, int] | None = None) -> tuple[Decimal | None, str]:
     """(what the campaign's messages that went out cost, the currency): their SMS parts times
     the price. (None, "") when a provider they went through has no price, or the prices are in
-    different currencies; (0, currency) before anything went out."""
-    parts = billed_segments(campaign)
+    different currencies; (0, currency) before anything went out. ``parts``: the campaign's
+    ``billed_segments`` when the caller has them already."""
+    parts = billed_segments(campaign) if parts is None else parts
     if not parts:
         price = _campaign_price(campaign, campaign.provider)
         return (Decimal(0), price.currency) if price else (None, "")

@@ -37,12 +37,19 @@ class CampaignComplianceMixin:
     def cost_sent(self, campaign: Campaign) -> str:
         if campaign.pk is None:
             return "—"
-        amount, currency = costs.campaign_cost(campaign)
+        amount, currency = costs.campaign_cost(campaign, _billed(campaign))
         return "—" if amount is None else costs.format_money(amount, currency)
 
     @admin.display(description=gettext_lazy("billed SMS parts"))
     def billed_parts(self, campaign: Campaign) -> str:
         if campaign.pk is None:
             return "—"
-        parts = costs.billed_segments(campaign)
+        parts = _billed(campaign)
         return ", ".join(f"{k}: {v}" for k, v in parts.items() if v) or "0"
+
+
+def _billed(campaign: Campaign) -> dict[str, int]:
+    """The campaign's billed parts, read once per page (two fields show them)."""
+    if not hasattr(campaign, "_billed_segments"):
+        campaign._billed_segments = costs.billed_segments(campaign)
+    return campaign._billed_segments
