@@ -43,8 +43,9 @@ def message(status: str, days_ago: int = 0, provider: str = "default", **fields)
 
 @pytest.fixture
 def known(sms_providers):
-    """Today: 3 delivered, 1 sent, 2 undelivered (code 1288), 1 failed (code 3) at "default";
-    2 days ago: 1 delivered, 1 queued at "backup"; 40 days ago: 5 delivered (out of range)."""
+    """Today: 3 delivered, 1 sent, 2 undelivered (code 1288), 1 failed (code 3) at "default",
+    and the running campaign's one queued message; 2 days ago: 1 delivered, 1 queued at
+    "backup"; 40 days ago: 5 delivered (out of the period). 10 in the period, 4 delivered."""
     for _ in range(3):
         message("delivered")
     message("sent")
