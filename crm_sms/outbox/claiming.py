@@ -85,7 +85,7 @@ def claim_messages(queryset: Any, limit: int, now: datetime | None = None) -> li
                 MessageStatus.SENDING,
                 EventSource.RETRY if message.attempts else EventSource.SEND,
                 {"claimed_at": now},
-                description=EventText("Attempt %(n)d", n=message.attempts + 1),
+                description=EventText(gettext_noop("Attempt %(n)d"), n=message.attempts + 1),
             )
             for message in qs[:limit]
         ]

@@ -257,7 +257,9 @@ def _requeue(message: Message, verdict: str, now: datetime, by: str) -> None:
     else:
         description = gettext_noop("Resend requested (same msg_id)")
     if by:
-        description = EventText("%(what)s by %(user)s", what=EventText(description), user=by)
+        description = EventText(
+            gettext_noop("%(what)s by %(user)s"), what=EventText(description), user=by
+        )
     maybe_sent = message.maybe_sent or message.status in (
         MessageStatus.UNCERTAIN,
         *resending.ACCEPTED_STATUSES,

@@ -107,10 +107,10 @@ def failover_payload(
 
 def moved_description(old: str, new: str, reason: str) -> str:
     return EventText(
-        "Moved from %(old)s to %(new)s with a new msg_id: %(reason)s",
+        gettext_noop("Moved from %(old)s to %(new)s with a new msg_id: %(reason)s"),
         old=old,
         new=new,
-        reason=reason or EventText("the provider refuses all messages"),
+        reason=reason or EventText(gettext_noop("the provider refuses all messages")),
     )
 
 
