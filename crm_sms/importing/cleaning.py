@@ -35,6 +35,10 @@ IMPORT_FIELDS = (
     "external_id",
 )
 FULL_NAME = "full_name"  # "ФИО" split into last, first and middle name
+#: Consent to advertising: yes / no / the date it was given (``crm_sms.consent``), not a field.
+CONSENT = "consent"
+#: The contact's time zone: an IANA name, "МСК+4", a city or a region (``crm_sms.quiet_hours``).
+TIME_ZONE = "time_zone"
 
 #: Column titles an export writes, by language (the import reads both, and the field names).
 COLUMN_TITLES = {
@@ -106,6 +110,24 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "идентификатор",
     ),
     FULL_NAME: ("full name", "fullname", "фио", "ф.и.о.", "наименование", "контакт"),
+    CONSENT: (
+        "consent",
+        "consent to advertising",
+        "согласие",
+        "согласие на рекламу",
+        "согласие на рассылку",
+        "дата согласия",
+    ),
+    TIME_ZONE: (
+        "time zone",
+        "timezone",
+        "tz",
+        "часовой пояс",
+        "регион",
+        "region",
+        "город",
+        "city",
+    ),
 }
 
 
@@ -294,10 +316,29 @@ def _clean_text(raw: Any, name: str) -> str:
     return text
 
 
+def _clean_consent(raw: Any, name: str) -> tuple[bool | None, Any]:
+    from ..consent import parse_consent
+
+    try:
+        return parse_consent(raw)
+    except ValidationError as exc:
+        raise _Invalid(exc.messages[0], cell_text(raw)[:50], exc.code or "consent") from exc
+
+
+def _clean_time_zone(raw: Any, name: str) -> str:
+    """The zone of a time-zone or region cell; "" when it names none we know (the zone is then
+    guessed from the phone, else the site's): a region column is no reason to refuse a row."""
+    from ..quiet_hours import zone_for_region
+
+    return zone_for_region(cell_text(raw))
+
+
 _CLEANERS: dict[str, Callable[[Any, str], Any]] = {
     "phone": _clean_phone,
     "groups": _clean_groups,
     "opted_out": _clean_opted_out,
+    CONSENT: _clean_consent,
+    TIME_ZONE: _clean_time_zone,
 }
 
 

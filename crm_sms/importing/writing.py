@@ -9,6 +9,7 @@ existing contacts, one for their memberships, one INSERT of the new contacts
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,10 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ..bulk import RowInserter, update_rows
+from ..consent import SOURCE_IMPORT, give_consent, withdraw_consent
 from ..models import Contact, ContactGroup
-from .cleaning import FULL_NAME, IMPORT_FIELDS, RowError, clean_row
+from ..quiet_hours import fill_time_zones
+from .cleaning import CONSENT, FULL_NAME, IMPORT_FIELDS, TIME_ZONE, RowError, clean_row
 
 if TYPE_CHECKING:
     from . import ImportResult
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 MAX_KEPT_ERRORS = 10_000
 
 #: Contact fields compared and written on update (the phone is the key; groups are apart).
-SCALAR_FIELDS = tuple(f for f in IMPORT_FIELDS if f not in ("phone", "groups"))
+SCALAR_FIELDS = (*(f for f in IMPORT_FIELDS if f not in ("phone", "groups")), TIME_ZONE)
 _NAME_FIELDS = ("last_name", "first_name", "middle_name")
 
 Row = tuple[int, dict[str, Any]]  # (line, cleaned values)
@@ -114,6 +117,10 @@ class ContactWriter:
             return
         self.insert_contacts(new_rows, now)
         update_rows(Contact, updates)
+        if new_rows:
+            # Bulk INSERTs skip Contact.save(), which guesses the zone from a fixed-line phone.
+            fill_time_zones(Contact.objects.filter(phone__in=[d["phone"] for d in new_rows]))
+        self.record_consents(batch)
         wanted = [(data["phone"], data["groups"]) for _line, data in batch if data.get("groups")]
         if wanted:
             ids = {phone: contact["id"] for phone, contact in existing.items()}
@@ -121,6 +128,22 @@ class ContactWriter:
                 new_phones = [data["phone"] for data in new_rows]
                 ids.update(Contact.objects.filter(phone__in=new_phones).values_list("phone", "id"))
             self.add_memberships(wanted, ids, memberships)
+
+    def record_consents(self, batch: list[Row]) -> None:
+        """The consent column: given (at its date, or now) or withdrawn, with the history
+        events of ``crm_sms.consent``; an empty cell leaves the contact as it is."""
+        groups: dict[tuple[bool, Any], list[str]] = defaultdict(list)
+        for _line, data in batch:
+            given, at = data.get(CONSENT) or (None, None)
+            if given is not None:
+                groups[(given, at)].append(data["phone"])
+        for (given, at), phones in groups.items():
+            contacts = Contact.objects.filter(phone__in=phones)
+            reason = _("imported from a file")
+            if given:
+                give_consent(contacts, source=SOURCE_IMPORT, reason=reason, at=at)
+            else:
+                withdraw_consent(contacts, source=SOURCE_IMPORT, reason=reason)
 
     def existing_contacts(self, phones: list[str]) -> dict[str, dict[str, Any]]:
         """The known contacts among ``phones``: phone -> their id, phone and the file's fields."""
@@ -160,7 +183,10 @@ class ContactWriter:
         changed = {
             name: data[name]
             for name in self.fields_in_file
-            if name in data and contact[name] != data[name]
+            if name in data
+            and contact[name] != data[name]
+            # A region the file names but we cannot place keeps the zone the contact has.
+            and not (name == TIME_ZONE and not data[name])
         }
         if not changed:
             return changed
