@@ -365,7 +365,7 @@ def funnel(
     svg = _svg(ident, title, desc, frame)
     first = steps[0][2] if steps else 0
     left, right = 8, frame.width - 8
-    widest = frame.width - 200
+    widest = frame.width - 230  # the labels on the left, the counts on the right
     middle = left + 90 + widest / 2
     previous = None
     for i, (key, label, count) in enumerate(steps):

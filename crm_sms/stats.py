@@ -263,14 +263,19 @@ def timeline_from_flows(
 
 
 def campaign_timeline(
-    campaign_id: int, counts: Mapping[str, int], active: bool, now: datetime | None = None
-) -> Timeline:
+    campaign_id: int,
+    counts: Mapping[str, int],
+    active: bool,
+    now: datetime | None = None,
+    *,
+    compute: bool = True,
+) -> Timeline | None:
     """The campaign's timeline (to now while it is ``active``), cached until its ``counts``
-    per status change (or for an hour)."""
+    per status change (or for an hour); None when it is not cached and not to ``compute``."""
     signature = ",".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
     key = f"crm_sms:timeline:{campaign_id}:{timezone.get_current_timezone_name()}:{signature}"
     cached = cache.get(key)
-    if cached is not None:
+    if cached is not None or not compute:
         return cached
     timeline = timeline_from_flows(_flows(campaign_id), (now or timezone.now()) if active else None)
     cache.set(key, timeline, 10 if active else 3600)

@@ -7,7 +7,8 @@ The dashboard is the admin page of the proxy model :class:`crm_sms.models.Dashbo
 admin index and the app list link to it like to any model; it needs ``crm_sms.view_message``.
 Its URLs (``get_urls``) are the page and ``campaign/<id>/charts/``, the JSON the campaign page
 polls (``static/crm_sms/campaign_charts.js``) to redraw its charts while the campaign runs.
-The campaign page shows the charts with ``{% load crm_sms_charts %}{% campaign_charts original %}``.
+The campaign page shows them with ``{% load crm_sms_charts %}`` and
+``{% campaign_charts original counts %}``.
 """
 
 from __future__ import annotations
@@ -258,19 +259,27 @@ def funnel_chart(campaign: Campaign, counts: Mapping[str, int]) -> str:
     return charts.funnel("crm-sms-funnel", _("Recipients → sent → delivered"), desc, steps)
 
 
-def campaign_charts(campaign: Campaign, site_name: str = "admin") -> dict[str, Any]:
+def campaign_charts(
+    campaign: Campaign,
+    site_name: str = "admin",
+    defer: bool = False,
+    counts: Mapping[str, int] | None = None,
+) -> dict:
     """The context of ``admin/crm_sms/campaign/charts.html``: both charts, whether the page
-    should keep redrawing them, and the URL it polls."""
-    counts = status_counts([campaign.pk])[campaign.pk]
+    should keep redrawing them, and the URL it polls. With ``defer``, a big campaign's timeline
+    that is not cached is left to the page's script (``deferred``): the page comes at once.
+    ``counts`` (messages per status) are counted when not given."""
+    if counts is None:
+        counts = status_counts([campaign.pk])[campaign.pk]
     active = CampaignAdmin.is_active(campaign, counts)
-    timeline = stats.campaign_timeline(campaign.pk, counts, active)
+    big = sum(counts.values()) >= BIG_CAMPAIGN
+    timeline = stats.campaign_timeline(campaign.pk, counts, active, compute=not (defer and big))
     return {
-        "timeline_svg": timeline_chart(campaign, timeline),
+        "timeline_svg": timeline_chart(campaign, timeline) if timeline is not None else "",
         "funnel_svg": funnel_chart(campaign, counts),
         "active": active,
-        "refresh_seconds": BIG_REFRESH_SECONDS
-        if sum(counts.values()) >= BIG_CAMPAIGN
-        else REFRESH_SECONDS,
+        "deferred": timeline is None,
+        "refresh_seconds": BIG_REFRESH_SECONDS if big else REFRESH_SECONDS,
         "charts_url": reverse(f"{site_name}:crm_sms_dashboard_campaign_charts", args=[campaign.pk]),
     }
 

@@ -1,12 +1,15 @@
 /* Redraws a campaign's charts (crm_sms/admin/dashboard.py) while the campaign runs: every few
    seconds it asks the charts' URL for their new SVG and puts it in place; stops when the
-   campaign has settled. The charts themselves are drawn on the server. */
+   campaign has settled. A chart the page left out (data-deferred, a big campaign) is asked
+   for at once. The charts themselves are drawn on the server. */
 (function () {
   "use strict";
 
   function init() {
     var box = document.getElementById("crm-sms-charts");
-    if (!box || box.dataset.active !== "1") { return; }
+    if (!box) { return; }
+    var deferred = box.dataset.deferred === "1";
+    if (box.dataset.active !== "1" && !deferred) { return; }
     var body = document.getElementById("crm-sms-charts-body");
     var interval = (parseInt(box.dataset.refreshSeconds, 10) || 10) * 1000;
     var timer = null;
@@ -22,7 +25,7 @@
         })
         .catch(function () { timer = window.setTimeout(poll, interval * 2); });
     }
-    timer = window.setTimeout(poll, interval);
+    timer = window.setTimeout(poll, deferred ? 0 : interval);
     window.addEventListener("beforeunload", function () { window.clearTimeout(timer); });
   }
 
