@@ -18,7 +18,9 @@ DEV_SECRET_KEY = "django-insecure-crm-sms-development-key-do-not-use-in-producti
 SECRET_KEY_MIN_LENGTH, SECRET_KEY_MIN_UNIQUE = 50, 5
 
 DEBUG = env.bool("DEBUG", default=True)
-SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
+# Read as is: django-environ would take a key starting with "$" for a reference to another
+# variable (Django's get_random_secret_key() makes such keys).
+SECRET_KEY = os.environ.get("SECRET_KEY") or DEV_SECRET_KEY
 if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     raise ImproperlyConfigured(
         "DEBUG=0 needs a SECRET_KEY of your own: set SECRET_KEY in the environment."
