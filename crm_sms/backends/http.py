@@ -434,6 +434,21 @@ class HTTPBackend(BaseBackend):
         return f"<{type(self).__name__} {self.alias!r} {self.base_url}>"
 
 
+class BasicAuth(requests.auth.AuthBase):
+    """A precomputed Basic ``Authorization`` header for a session (an auth object, not a
+    header, so a ~/.netrc entry cannot replace it); its repr never shows the credentials."""
+
+    def __init__(self, header: str):
+        self._header = header
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<BasicAuth ***>"
+
+
 def transport_failure_kind(exc: requests.RequestException) -> str:
     """The failure kind of an exception from ``requests`` (most specific first)."""
     if isinstance(exc, requests.Timeout):

@@ -37,7 +37,7 @@ from .base import (
     SendResult,
     SendStatus,
 )
-from .http import JSON_CONTENT_TYPE, Answer, HTTPBackend, HTTPRequest
+from .http import JSON_CONTENT_TYPE, Answer, BasicAuth, HTTPBackend, HTTPRequest
 from .options import Option, to_timezone
 
 DEFAULT_BASE_URL = "https://a2p-api.megalabs.ru"
@@ -222,20 +222,6 @@ def parse_receipt_date(value: str, tz: Any = UTC, now: datetime | None = None) -
     return min(candidates, key=lambda dt: abs(dt - now))
 
 
-class _BasicAuth(requests.auth.AuthBase):
-    """Sets a precomputed Basic header; it never shows the credentials in a repr."""
-
-    def __init__(self, header: str):
-        self._header = header
-
-    def __call__(self, request):
-        request.headers["Authorization"] = self._header
-        return request
-
-    def __repr__(self) -> str:
-        return "<BasicAuth ***>"
-
-
 class MegafonBackend(HTTPBackend):
     """Sends through MegaFon's A2P HTTPS API and parses its delivery reports."""
 
@@ -271,7 +257,7 @@ class MegafonBackend(HTTPBackend):
 
     def configure_session(self, session: requests.Session) -> None:
         # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
-        session.auth = _BasicAuth(self._auth_header)
+        session.auth = BasicAuth(self._auth_header)
         session.headers.update({"Content-Type": JSON_CONTENT_TYPE, "Accept": "application/json"})
 
     # --- validation ----------------------------------------------------------------------

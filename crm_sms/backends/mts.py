@@ -55,7 +55,7 @@ from django.utils.translation import gettext_lazy
 
 from ..exceptions import ProviderError
 from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
-from .http import JSON_CONTENT_TYPE, Answer, HTTPBackend, HTTPRequest
+from .http import JSON_CONTENT_TYPE, Answer, BasicAuth, HTTPBackend, HTTPRequest
 from .options import Option, to_timezone
 
 DEFAULT_BASE_URL = "https://omnichannel.mts.ru"
@@ -130,20 +130,6 @@ def _digits(phone: str) -> str:
     return phone[1:] if phone.startswith("+") else phone
 
 
-class _BasicAuth(requests.auth.AuthBase):
-    """A precomputed Basic header (UTF-8 credentials) that never shows them in a repr."""
-
-    def __init__(self, header: str):
-        self._header = header
-
-    def __call__(self, request):
-        request.headers["Authorization"] = self._header
-        return request
-
-    def __repr__(self) -> str:
-        return "<BasicAuth ***>"
-
-
 class MtsBackend(HTTPBackend):
     """Sends through MTS Marketolog (up to 100 recipients a request), polls messages/info."""
 
@@ -182,7 +168,7 @@ class MtsBackend(HTTPBackend):
         return [*super().secrets(), self._auth_header.removeprefix("Basic "), *login]
 
     def configure_session(self, session: requests.Session) -> None:
-        session.auth = _BasicAuth(self._auth_header)
+        session.auth = BasicAuth(self._auth_header)
         session.headers.update({"Content-Type": JSON_CONTENT_TYPE, "Accept": "application/json"})
 
     # --- validation ----------------------------------------------------------------------

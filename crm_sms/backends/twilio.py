@@ -70,7 +70,7 @@ from .base import (
     SendStatus,
 )
 from .http import FAILURE_MESSAGES as HTTP_FAILURE_MESSAGES
-from .http import Answer, HTTPBackend, HTTPRequest
+from .http import Answer, BasicAuth, HTTPBackend, HTTPRequest
 from .options import Option
 from .twilio_codes import classify_error, code_number, report_fields
 
@@ -142,20 +142,6 @@ def _dlr_date(value: str) -> datetime | None:
         return None
 
 
-class _BasicAuth(requests.auth.AuthBase):
-    """Sets a precomputed Basic header; it never shows the credentials in a repr."""
-
-    def __init__(self, header: str):
-        self._header = header
-
-    def __call__(self, request):
-        request.headers["Authorization"] = self._header
-        return request
-
-    def __repr__(self) -> str:
-        return "<BasicAuth ***>"
-
-
 class TwilioBackend(HTTPBackend):
     """Sends through Twilio's Messages API; reads its signed status callbacks and incoming
     messages, its message statuses (``poll``) and the account balance."""
@@ -200,7 +186,7 @@ class TwilioBackend(HTTPBackend):
 
     def configure_session(self, session: requests.Session) -> None:
         # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
-        session.auth = _BasicAuth(self._auth_header)
+        session.auth = BasicAuth(self._auth_header)
         session.headers["Accept"] = "application/json"
 
     # --- validation ----------------------------------------------------------------------
