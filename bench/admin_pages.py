@@ -140,6 +140,8 @@ def page_list(f: dict) -> list[tuple[str, str, str, dict | None]]:
     with_text = {**select_all, "_sms_step": "preview", "text": "Скидка 15% до воскресенья!"}
     with_text.update(name="", sender="", provider="default", scheduled_at="")
     templated = {**with_text, "text": "{{ first_name }}, скидка 15% до воскресенья!"}
+    # The live counter's question while a template is typed (issue 14.5): its longest text.
+    counter = {**templated, "_sms_step": "1", "_sms_counter": "1"}
     return [
         ("admin_index", "get", "/admin/", None),
         ("contacts_first_page", "get", f"{ADMIN}/contact/", None),
@@ -155,6 +157,7 @@ def page_list(f: dict) -> list[tuple[str, str, str, dict | None]]:
         ("send_sms_select_all", "post", f"{ADMIN}/contact/", select_all),
         ("send_sms_select_all_with_text", "post", f"{ADMIN}/contact/", with_text),
         ("send_sms_select_all_templated", "post", f"{ADMIN}/contact/", templated),
+        ("send_sms_select_all_counter", "post", f"{ADMIN}/contact/", counter),
         ("campaigns_list", "get", f"{ADMIN}/campaign/", None),
         ("campaign_page", "get", f"{ADMIN}/campaign/{f['biggest']}/change/", None),
         ("campaign_progress", "get", f"{ADMIN}/campaign/{f['biggest']}/progress/", None),

@@ -81,10 +81,17 @@ def sms_info(text: str) -> SMSInfo:
     """Encoding, character count, units and SMS parts of ``text``."""
     encoding = GSM7 if is_gsm7(text) else UCS2
     single, multi = LIMITS[encoding]
-    costs = list(_unit_costs(text, encoding))
-    units = sum(costs)
+    # Two-unit characters counted at C speed: a campaign preview counts many texts.
+    if encoding == GSM7:
+        doubles = sum(text.count(ch) for ch in GSM7_EXTENSION)
+    else:
+        doubles = sum(1 for ch in text if ord(ch) > 0xFFFF) if max(text) > "\uffff" else 0
+    units = len(text) + doubles
     if units <= single:
         return SMSInfo(encoding, len(text), units, 1 if units else 0, single)
+    if not doubles:  # nothing to keep whole across a part boundary
+        return SMSInfo(encoding, len(text), units, -(-units // multi), multi)
+    costs = list(_unit_costs(text, encoding))
     segments, used = 1, 0
     for cost in costs:
         if used + cost > multi:  # a pair that does not fit moves whole to the next part
@@ -325,6 +332,22 @@ class SMSTemplate:
         self._parts = _plain_parts(self.template)
         # Static: the source is the text (not so with a {# comment #}, which is left out).
         self.is_static = self._parts == [(False, source)]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The variables the text reads (in ``{{ }}``, conditions and filter arguments), in
+        the order they first appear: what its rendered texts depend on."""
+        found = (
+            variable.lookups[0]
+            for expression in getattr(self.template, "expressions", ())
+            for variable in _variables(expression)
+        )
+        return tuple(name for name in dict.fromkeys(found) if name in self.variables)
+
+    @property
+    def is_plain(self) -> bool:
+        """Text and plain ``{{ name }}`` only (no tags, no filters): each value is pasted in."""
+        return self._parts is not None
 
     def render(self, values: Mapping[str, Any]) -> str:
         """The text for one recipient. Raises ValidationError if a name could not be resolved,

@@ -7,6 +7,8 @@ recipients and who is left out, previews the text, and queues the campaign with
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +16,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import FieldDoesNotExist, FieldError, PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
@@ -25,6 +27,7 @@ from ..backends import get_backend
 from ..forms import SendSMSForm
 from ..models import Campaign, CampaignStatus
 from ..outbox.counting import RecipientCounts, count_recipients
+from ..outbox.queueing import longest_text
 from .common import DRAFT_SESSION_KEY, SEND_SMS_PERMISSION, excluded_rows
 from .send_preview import compliance_context
 
@@ -80,6 +83,8 @@ class SendSMSAdminMixin:
         variables = list(kwargs.get("variables") or text.CONTACT_VARIABLES)
         bound = "_sms_step" in request.POST
         form = SendSMSForm(request.POST if bound else None, variables=variables)
+        if bound and "_sms_counter" in request.POST:
+            return self._sms_counter(form, recipients, kwargs)
         draft = session_draft(request)
         if not bound:
             fill_initial(form, draft)
@@ -193,12 +198,42 @@ class SendSMSAdminMixin:
             # (which then ignores them): pass on what the list page posted.
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "counter_token": counter_token(request.POST) or secrets.token_hex(8),
             "selected_count": None if select_across else queryset.count(),
             "gsm7_basic": "".join(sorted(text.GSM7_BASIC)),
             "gsm7_extension": "".join(sorted(text.GSM7_EXTENSION)),
             "media": self.media,  # type: ignore[attr-defined]
             **compliance_context(preview),
         }
+
+    def _sms_counter(
+        self, form: SendSMSForm, recipients: QuerySet, kwargs: dict[str, Any]
+    ) -> JsonResponse:
+        """The live counter asks, as the user types a template: the longest text it makes for
+        the recipients (``outbox.queueing.longest_text``), as sent and as written; or the
+        text's error. Nothing is stored, so nothing but the action's permission is needed."""
+        form.is_valid()
+        data = form.cleaned_data
+        if "text" not in data:
+            return JsonResponse({"error": " ".join(form.errors.get("text", []))})
+        options = form.campaign_options()
+        try:
+            found = longest_text(
+                recipients,
+                data["text"],
+                provider=data.get("provider") or None,
+                translit=options["translit"],
+                smart_encoding=options["smart_encoding"],
+                kind=options["kind"],
+                cache_token=counter_token(form.data),
+                **kwargs,
+            )
+        except (ValidationError, FieldDoesNotExist, FieldError) as exc:
+            messages_ = getattr(exc, "messages", None) or [str(exc)]
+            return JsonResponse({"error": " ".join(messages_)})
+        if found is None:
+            return JsonResponse({"longest": None, "before": None})
+        return JsonResponse({"longest": found[0].as_dict(), "before": found[1].as_dict()})
 
     def _sms_counts(self, recipients: QuerySet, kwargs: dict[str, Any]) -> RecipientCounts | None:
         """Before a text is typed: the recipients and exclusions, counted in SQL (the same
@@ -208,6 +243,12 @@ class SendSMSAdminMixin:
             return count_recipients(recipients, phone_field=kwargs["phone_field"])
         except (FieldDoesNotExist, FieldError, ValidationError):
             return None
+
+
+def counter_token(data: Mapping[str, Any]) -> str:
+    """The page's token for the live counter's cache (``_sms_counter_page``), "" if none."""
+    token = str(data.get("_sms_counter_page", ""))
+    return token if re.fullmatch(r"[0-9a-f]{16}", token) else ""
 
 
 def session_draft(request: HttpRequest) -> Campaign | None:

@@ -1,8 +1,10 @@
 """What the "Send SMS…" page shows about consent, quiet hours, transliteration and cost
-(issue 13): the live counter's configuration and the preview's extra lines."""
+(issue 13): the live counter's configuration (its texts with Russian plurals, issue 14.5) and
+the preview's extra lines."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.utils import formats
@@ -11,11 +13,59 @@ from django.utils.translation import ngettext
 
 from .. import costs, inbound, translit
 
+#: Numbers whose plural form the counter is told; larger ones take that of 100 + n % 100,
+#: which is theirs in every gettext plural rule (they look at n % 10 and n % 100).
+PLURAL_SAMPLES = 200
+
+
+def plural_forms(phrase: Callable[[int], str]) -> dict[str, list]:
+    """``phrase(n)`` (an ngettext with ``%(count)s``) for the counter's JavaScript: its
+    distinct ``forms`` and, for each n below PLURAL_SAMPLES, the ``index`` of n's form."""
+    forms: list[str] = []
+    index: list[int] = []
+    for n in range(PLURAL_SAMPLES):
+        form = phrase(n)
+        if form not in forms:
+            forms.append(form)
+        index.append(forms.index(form))
+    return {"forms": forms, "index": index}
+
+
+def _characters(n: int) -> str:
+    return ngettext("%(count)s character", "%(count)s characters", n)
+
+
+def _parts(n: int) -> str:
+    return ngettext("%(count)s SMS part", "%(count)s SMS parts", n)
+
 
 def counter_config() -> dict[str, Any]:
-    """The live counter's transformations (``crm_sms.translit.counter_config``) and the
-    unsubscribe phrase it appends when "advertising" is chosen."""
-    return {**translit.counter_config(), "unsubscribe": inbound.unsubscribe_config()}
+    """The live counter's transformations (``crm_sms.translit.counter_config``), the
+    unsubscribe phrase it appends when "advertising" is chosen, and its texts: ``{characters}``
+    and ``{segments}`` in them are filled with the ``plural`` forms."""
+    config = translit.counter_config()
+    texts = {
+        **config["texts"],
+        "before_translit": _("before transliteration: {characters}, {encoding}, {segments}"),
+        "before_smart": _("with the original punctuation: {characters}, {encoding}, {segments}"),
+    }
+    return {
+        **config,
+        "texts": texts,
+        "plural": {"characters": plural_forms(_characters), "segments": plural_forms(_parts)},
+        "unsubscribe": inbound.unsubscribe_config(),
+    }
+
+
+def total_line(preview: Any) -> str:
+    """ "In all: 5 SMS parts to 3 recipients.", each number with its own plural."""
+    # The msgid of the page's recipient count ({% blocktranslate count counter=… %}).
+    recipients = ngettext("%(counter)s recipient", "%(counter)s recipients", preview.recipients)
+    recipients %= {"counter": preview.recipients}
+    return _("In all: %(parts)s to %(recipients)s.") % {
+        "parts": _parts(preview.total_segments) % {"count": preview.total_segments},
+        "recipients": recipients,
+    }
 
 
 def _money(amount: Any, currency: str) -> str:
@@ -85,6 +135,7 @@ def compliance_context(preview: Any) -> dict[str, Any]:
     return {
         **context,
         "window_line": window_line(preview),
+        "total_line": total_line(preview),
         "cost_line": cost_line(preview),
         "balance_line": balance_line(preview),
         "balance_warning": costs.balance_warning(preview),

@@ -10,19 +10,30 @@ repeated phones.
 
 Phones already in E.164 (as imports and forms store them) are counted by one aggregate query;
 only the rows in other notations are read, and normalized in Python as the queueing does.
+
+A text made from a template depends only on the values of the variables it reads:
+``group_recipients`` groups the Contacts by them in SQL (the same recipients and exclusions
+streaming gives, ``tests/test_send_preview_counts.py``), ``render_groups`` renders each
+distinct text once and sums its SMS parts times its recipients (``TextParts``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.cache import cache
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
+from django.db.models.functions import Length
 
+from ..consent import CONSENTED
 from ..models import Contact
-from .recipients import _clean_phone
+from ..quiet_hours import effective_zone
+from ..text import SMSInfo
+from .recipients import Selection, _clean_phone, cached_sms_info, odd_phone, render_values
 
 #: E.164 as SQL can check it (PostgreSQL ``~``; Django's REGEXP on SQLite); the same as
 #: ``recipients._E164`` for ASCII digits. Other rows are normalized in Python.
@@ -176,3 +187,271 @@ def e164_counts_by(rows: QuerySet, field_name: str, *, phone_field: str = "phone
     for value, n in odd.values_list(field_name).annotate(n=Count("*")):
         counts[value] -= n
     return {value: n for value, n in counts.items() if n}
+
+
+# --- recipients grouped by what their text depends on ------------------------------------------
+
+
+@dataclass
+class RecipientGroups:
+    """The recipients of a selection grouped by the values their text is made of: ``groups``
+    maps a key (the values of ``names``, in order, as the template gets them; with ``zoned``
+    the recipient's effective time zone last) to how many recipients have it. ``excluded`` as
+    ``iter_recipients`` counts it, before any text is rendered."""
+
+    names: tuple[str, ...]
+    zoned: bool
+    groups: dict[tuple, int]
+    excluded: dict[str, int]
+
+    @property
+    def recipients(self) -> int:
+        return sum(self.groups.values())
+
+    def values(self, key: tuple) -> dict[str, Any]:
+        """The template values of a group's ``key``."""
+        return dict(zip(self.names, key, strict=False))
+
+    def zone(self, key: tuple) -> str:
+        return key[-1] if self.zoned else ""
+
+
+def _any_phone(length: int | None) -> str:
+    """A stand-in E.164 phone of ``length`` characters: digits only, so its text has the
+    characters, encoding and SMS parts the real phone's has."""
+    return "" if length is None else "+1" + "0" * (length - 2)
+
+
+class _Grouping:
+    """How ``group_recipients`` reads a selection: the key columns and the row filters."""
+
+    def __init__(self, sel: Selection, zoned: bool):
+        self.sel = sel
+        self.zoned = zoned
+        self.names = sel.template.names
+        # {{ phone }} gets the normalized phone, E.164 digits: only its length counts.
+        self.by_length = {
+            name
+            for name in self.names
+            if name == "phone" and sel.variables[name] == sel.phone_field
+        }
+        self.fields = [sel.variables[name] for name in self.names]
+        self.zones: dict[str, str] = {}
+        kept = ~Q(opted_out=True)
+        self.no_consent = kept & ~CONSENTED if sel.advertising else None
+        self.kept = kept & CONSENTED if sel.advertising else kept
+
+    def columns(self) -> dict[str, Any]:
+        """The GROUP BY expressions, by alias."""
+        columns: dict[str, Any] = {}
+        for i, (name, field_name) in enumerate(zip(self.names, self.fields, strict=True)):
+            columns[f"k{i}"] = Length(field_name) if name in self.by_length else F(field_name)
+        if self.zoned:
+            columns["tz"] = F("time_zone")
+        return columns
+
+    def raw_key(self, row: dict[str, Any]) -> tuple:
+        """A row's key as the GROUP BY computes it."""
+        key = []
+        for name, field_name in zip(self.names, self.fields, strict=True):
+            value = row[field_name]
+            key.append(len(value) if name in self.by_length and value is not None else value)
+        if self.zoned:
+            key.append(row["time_zone"])
+        return tuple(key)
+
+    def key_of_raw(self, raw: tuple) -> tuple:
+        """The template values (and zone) a GROUP BY key stands for."""
+        key = []
+        for name, value in zip(self.names, raw, strict=False):
+            if name in self.by_length:
+                key.append(_any_phone(value))
+            else:
+                key.append("" if value is None else value)
+        if self.zoned:
+            zone = self.zones.get(raw[-1])
+            if zone is None:
+                zone = self.zones[raw[-1]] = effective_zone(raw[-1])
+            key.append(zone)
+        return tuple(key)
+
+    def key_of_row(self, row: dict[str, Any], phone: str) -> tuple:
+        """The template values (and zone) of a recipient row read in Python."""
+        raw = list(self.raw_key(row))
+        for i, name in enumerate(self.names):
+            if name in self.by_length:
+                raw[i] = len(phone)
+        return self.key_of_raw(tuple(raw))
+
+    def read_columns(self) -> list[str]:
+        columns = ["pk", self.sel.phone_field, "opted_out", *self.fields]
+        if self.sel.advertising:
+            columns += ["consent_given_at", "consent_withdrawn_at"]
+        if self.zoned:
+            columns.append("time_zone")
+        return list(dict.fromkeys(columns))
+
+    def is_kept(self, row: dict[str, Any]) -> bool:
+        if row["opted_out"]:
+            return False
+        if self.sel.advertising:
+            return row["consent_given_at"] is not None and row["consent_withdrawn_at"] is None
+        return True
+
+
+def group_recipients(sel: Selection, contacts: QuerySet, *, zoned: bool) -> RecipientGroups | None:
+    """Group the recipients ``iter_recipients`` would yield for ``sel`` by the values their
+    text depends on (``sel.template.names``; with ``zoned`` their time zone too), counting in
+    SQL: one GROUP BY over the selection, one read of the rows whose phone is not E.164 (few;
+    a partial index holds them on PostgreSQL) and one look-up of the E.164 rows that share a
+    phone with them. Those rows are judged in Python in primary-key order, as streaming does,
+    so the groups and exclusions are exactly what streaming gives. For Contacts (a unique
+    phone, opted-out and consent fields of their own); None for other models and sliced or
+    combined querysets, and for ``{{ phone }}`` in a template with tags or filters."""
+    query = contacts.query
+    if not sel.is_contact or query.is_sliced or query.combinator:
+        return None
+    grouping = _Grouping(sel, zoned)
+    if grouping.by_length and not sel.template.is_plain:
+        return None
+    rows = contacts.order_by()
+    counters: dict[str, Any] = {"n": Count("pk", filter=grouping.kept)}
+    counters["flagged"] = Count("pk", filter=Q(opted_out=True))
+    if grouping.no_consent is not None:
+        counters["no_consent"] = Count("pk", filter=grouping.no_consent)
+    columns = grouping.columns()
+    if columns:
+        grouped = rows.values(**columns).annotate(**counters)
+        width = len(columns)
+        raw_groups = [(g[:width], g[width:]) for g in grouped.values_list(*columns, *counters)]
+    else:
+        totals = rows.aggregate(**counters)
+        raw_groups = [((), tuple(totals[name] for name in counters))]
+    excluded = dict(sel.excluded)
+    excluded["opted_out"] += sum(n[1] for _, n in raw_groups)
+    if "no_consent" in excluded:
+        excluded["no_consent"] += sum(n[2] for _, n in raw_groups)
+    counts = {key: n[0] for key, n in raw_groups if n[0]}
+    contested = _contested_rows(grouping, rows, counts)
+    groups: dict[tuple, int] = {}
+    for raw, n in counts.items():
+        if n:
+            key = grouping.key_of_raw(raw)
+            groups[key] = groups.get(key, 0) + n
+    seen: set[str] = set()
+    for row in sorted(contested, key=lambda r: r["pk"]):
+        phone = _clean_phone(row[sel.phone_field])
+        if phone is None:
+            excluded["invalid"] += 1
+        elif phone in seen:
+            excluded["duplicate"] += 1
+        else:
+            seen.add(phone)
+            key = grouping.key_of_row(row, phone)
+            groups[key] = groups.get(key, 0) + 1
+    return RecipientGroups(grouping.names, zoned, groups, excluded)
+
+
+#: How long the live counter reuses a selection's groups (seconds), and up to how many.
+GROUPS_CACHE_SECONDS = 60
+GROUPS_CACHE_MAX = 10_000
+
+
+def cached_groups(sel: Selection, contacts: QuerySet, token: str) -> RecipientGroups | None:
+    """``group_recipients`` (not zoned) for the live counter of one page (``token``), kept a
+    minute in the cache: while a template is typed each pause asks again, and only the text
+    around the names changes. The key is the token, the selection's SQL and what the grouping
+    reads."""
+    if not sel.is_contact or contacts.query.is_sliced or contacts.query.combinator:
+        return None
+    sql, params = contacts.order_by().query.sql_with_params()
+    parts = (sql, params, sel.template.names, sorted(sel.variables.items()), sel.phone_field)
+    digest = hashlib.sha256(repr((token, *parts, sel.kind)).encode()).hexdigest()
+    key = f"crm_sms:recipient-groups:{digest}"
+    groups = cache.get(key)
+    if groups is None:
+        groups = group_recipients(sel, contacts, zoned=False)
+        if groups is not None and len(groups.groups) <= GROUPS_CACHE_MAX:
+            cache.set(key, groups, GROUPS_CACHE_SECONDS)
+    return groups
+
+
+def _contested_rows(
+    grouping: _Grouping, rows: QuerySet, counts: dict[tuple, int]
+) -> list[dict[str, Any]]:
+    """The kept rows whose phone is not E.164 and the kept E.164 rows with the phone one of
+    them normalizes to: taken out of ``counts`` (the GROUP BY counted them as recipients),
+    to be judged one by one."""
+    phone_field = grouping.sel.phone_field
+    columns = grouping.read_columns()
+    odd = [row for row in rows.filter(odd_phone(phone_field)).values(*columns)]
+    contested = [row for row in odd if grouping.is_kept(row)]
+    phones = {p for row in contested if (p := _clean_phone(row[phone_field])) is not None}
+    ordered = sorted(phones)
+    odd_pks = {row["pk"] for row in odd}
+    for start in range(0, len(ordered), LOOKUP_CHUNK):
+        lookup = {f"{phone_field}__in": ordered[start : start + LOOKUP_CHUNK]}
+        for row in rows.filter(grouping.kept, **lookup).values(*columns):
+            if row["pk"] not in odd_pks:
+                contested.append(row)
+    for row in contested:
+        counts[grouping.raw_key(row)] -= 1
+    return contested
+
+
+# --- SMS parts of the texts -------------------------------------------------------------------
+
+
+def _size(info: SMSInfo) -> tuple[int, int, int]:
+    return info.segments, info.units, info.characters
+
+
+@dataclass
+class TextParts:
+    """The SMS parts of the texts counted so far: ``after`` the transformations (what is
+    sent) and ``before`` them, how many texts they ``changed``, and the ``longest`` text's
+    info (most parts, then units, then characters) after and before."""
+
+    after: int = 0
+    before: int = 0
+    changed: int = 0
+    longest: SMSInfo | None = None
+    longest_before: SMSInfo | None = None
+
+    def add(self, original: str, text: str, count: int = 1) -> tuple[SMSInfo, SMSInfo]:
+        """Count ``count`` recipients of ``text`` (rendered as ``original``); returns the
+        infos of both."""
+        info = original_info = cached_sms_info(text)
+        if original != text:
+            original_info = cached_sms_info(original)
+            self.changed += count
+        self.after += count * info.segments
+        self.before += count * original_info.segments
+        if self.longest is None or _size(info) > _size(self.longest):
+            self.longest = info
+        if self.longest_before is None or _size(original_info) > _size(self.longest_before):
+            self.longest_before = original_info
+        return info, original_info
+
+
+def render_groups(sel: Selection, groups: RecipientGroups) -> tuple[int, dict[str, int], TextParts]:
+    """Render each group's text once: the recipients, the exclusions (a text the provider
+    would refuse leaves its group out as invalid, as streaming counts it) and the SMS parts;
+    zoned groups go into ``sel.forecast``."""
+    excluded = dict(groups.excluded)
+    recipients = 0
+    parts = TextParts()
+    rendered: dict[tuple, tuple[str, str] | None] = {}  # zones apart, the same values
+    for key, count in groups.groups.items():
+        values_key = key[:-1] if groups.zoned else key
+        if values_key not in rendered:
+            rendered[values_key] = render_values(sel, groups.values(key))
+        texts = rendered[values_key]
+        if texts is None:
+            excluded["invalid"] += count
+            continue
+        recipients += count
+        parts.add(*texts, count)
+        if groups.zoned:
+            sel.forecast.add(sel.window, groups.zone(key), sel.due, count)
+    return recipients, excluded, parts

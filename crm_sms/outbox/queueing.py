@@ -46,15 +46,21 @@ from ..quiet_hours import (
     effective_zone,
     parse_window,
 )
-from ..text import sms_info
+from ..text import SMSInfo, sms_info
 from ..translit import prepare_text
 from .claiming import claim_messages
-from .counting import count_recipients, e164_counts_by
+from .counting import (
+    TextParts,
+    cached_groups,
+    count_recipients,
+    e164_counts_by,
+    group_recipients,
+    render_groups,
+)
 from .inserting import insert_messages
 from .recipients import (
     Recipient,
     Selection,
-    cached_sms_info,
     iter_recipients,
     no_recipients_error,
     opted_out_error,
@@ -165,6 +171,10 @@ class CampaignPreview:
     waiting: int = 0
     first_opening: datetime | None = None
     last_opening: datetime | None = None
+    #: The longest text a recipient gets (most SMS parts, then characters), as sent and as
+    #: written; None without recipients.
+    longest: SMSInfo | None = None
+    longest_before: SMSInfo | None = None
 
     @property
     def segments_after(self) -> int:
@@ -196,8 +206,9 @@ def preview_campaign(
     ``scheduled_at``, or now) and render samples, storing nothing.
 
     Uses the same selection as ``send_campaign`` (so the counts match what it will queue);
-    raises ValidationError for a bad template, sender, provider, kind or window. Rows are
-    streamed, or counted in SQL when the text is the same for everyone.
+    raises ValidationError for a bad template, sender, provider, kind or window. Contacts are
+    counted in SQL (a text that depends on their names is rendered once per distinct name:
+    ``counting.group_recipients``), other rows streamed.
     """
     sel = prepare_selection(
         contacts,
@@ -215,19 +226,81 @@ def preview_campaign(
     texts = _static_texts(sel, contacts)
     if texts is not None:  # the same text for everyone: count in SQL, render samples
         return _static_preview(sel, contacts, sample_size, texts)
-    samples: list[dict[str, Any]] = []
-    after = before = changed = 0
+    groups = _groups(sel, contacts, zoned=sel.window is not None)
+    if groups is not None:  # a text per distinct name: render each once
+        recipients, excluded, parts = render_groups(sel, groups)
+        samples = [_sample(r) for r in _first_recipients(sel, contacts, sample_size)]
+        return _preview(sel, recipients, excluded, samples, parts)
+    samples = []
+    parts = TextParts()
     for recipient in iter_recipients(sel, contacts):
-        info = original_info = cached_sms_info(recipient.text)
-        if recipient.original != recipient.text:
-            original_info = cached_sms_info(recipient.original)
-            changed += 1
-        after += info.segments
-        before += original_info.segments
+        infos = parts.add(recipient.original, recipient.text)
         sel.forecast.add(sel.window, recipient.time_zone, sel.due)
         if len(samples) < sample_size:
-            samples.append(_sample(recipient, info, original_info))
-    return _preview(sel, sel.recipients, dict(sel.excluded), samples, (after, before, changed))
+            samples.append(_sample(recipient, *infos))
+    return _preview(sel, sel.recipients, dict(sel.excluded), samples, parts)
+
+
+def _groups(sel: Selection, contacts: Any, *, zoned: bool, token: str = "") -> Any:
+    """``counting.group_recipients`` (``cached_groups`` with a ``token``), a FieldError (a bad
+    variable) as a ValidationError."""
+    try:
+        if token:
+            return cached_groups(sel, contacts, token)
+        return group_recipients(sel, contacts, zoned=zoned)
+    except FieldError as exc:
+        raise ValidationError(
+            _("The contacts cannot be read: %(error)s") % {"error": exc}, code="fields"
+        ) from exc
+
+
+#: The most rows ``longest_text`` streams when they cannot be grouped in SQL.
+STREAM_LIMIT = 20_000
+
+
+def longest_text(
+    contacts: Any,
+    text: str,
+    *,
+    sender: str | None = None,
+    provider: str | None = None,
+    phone_field: str = "phone",
+    variables: dict[str, str] | None = None,
+    translit: bool = False,
+    smart_encoding: bool = True,
+    kind: str = CampaignKind.SERVICE,
+    cache_token: str = "",
+) -> tuple[SMSInfo, SMSInfo] | None:
+    """The info of the longest text ``text`` makes for the recipients among ``contacts`` (most
+    SMS parts, then characters), as sent and as written, for the live counter of the "Send
+    SMS…" page; None when nobody gets a text, or when the rows cannot be grouped in SQL and
+    there are more than ``STREAM_LIMIT`` of them. ValidationError as ``preview_campaign``.
+    With a ``cache_token`` (one per page) the groups of recipients are reused for a minute
+    (``counting.cached_groups``): a counter may lag behind the contacts, a preview never does."""
+    sel = prepare_selection(
+        contacts,
+        text,
+        sender=sender,
+        provider=provider,
+        phone_field=phone_field,
+        variables=variables,
+        translit=translit,
+        smart_encoding=smart_encoding,
+        kind=kind,
+        window=None,
+    )
+    groups = _groups(sel, contacts, zoned=False, token=cache_token)
+    if groups is not None:
+        parts = render_groups(sel, groups)[2]
+    elif contacts.query.is_sliced or contacts.order_by().count() <= STREAM_LIMIT:
+        parts = TextParts()
+        for recipient in iter_recipients(sel, contacts):
+            parts.add(recipient.original, recipient.text)
+    else:
+        return None
+    if parts.longest is None or parts.longest_before is None:
+        return None
+    return parts.longest, parts.longest_before
 
 
 def _preview(
@@ -235,11 +308,11 @@ def _preview(
     recipients: int,
     excluded: dict[str, int],
     samples: list[dict[str, Any]],
-    parts: tuple[int, int, int],
+    parts: TextParts,
 ) -> CampaignPreview:
-    """The preview of ``sel``; ``parts`` are SMS parts after and before the transformations,
-    and how many texts they changed."""
-    after, before, changed = parts
+    """The preview of ``sel``: ``parts`` holds the SMS parts after and before the
+    transformations, how many texts they changed, and the longest texts."""
+    after, before, changed = parts.after, parts.before, parts.changed
     price = backend_price(sel.backend)
     forecast = sel.forecast
     return CampaignPreview(
@@ -261,6 +334,8 @@ def _preview(
         waiting=forecast.waiting,
         first_opening=_local(forecast.first_opening),
         last_opening=_local(forecast.last_opening),
+        longest=parts.longest,
+        longest_before=parts.longest_before,
     )
 
 
@@ -303,18 +378,11 @@ def _static_preview(
         raise ValidationError(
             _("The contacts cannot be read: %(error)s") % {"error": exc}, code="fields"
         ) from exc
-    samples: list[dict[str, Any]] = []
-    for recipient in _first_recipients(sel, contacts, sample_size):
-        info = cached_sms_info(recipient.text)
-        samples.append(_sample(recipient, info, cached_sms_info(recipient.original)))
-    original, text = texts
-    n = counts.recipients
-    parts = (
-        n * cached_sms_info(text).segments,
-        n * cached_sms_info(original).segments,
-        n if text != original else 0,
-    )
-    return _preview(sel, n, dict(counts.excluded), samples, parts)
+    samples = [_sample(r) for r in _first_recipients(sel, contacts, sample_size)]
+    parts = TextParts()
+    if counts.recipients:
+        parts.add(*texts, counts.recipients)
+    return _preview(sel, counts.recipients, dict(counts.excluded), samples, parts)
 
 
 #: Rows read for the preview's samples before reading on through the whole selection.
@@ -365,7 +433,9 @@ def _sql_counts(sel: Selection, contacts: Any) -> Any:
     return counts
 
 
-def _sample(recipient: Recipient, info: Any, original_info: Any) -> dict[str, Any]:
+def _sample(recipient: Recipient, info: Any = None, original_info: Any = None) -> dict[str, Any]:
+    if info is None or original_info is None:
+        info, original_info = TextParts().add(recipient.original, recipient.text)
     return {
         "label": recipient.label,
         "phone": recipient.phone,

@@ -264,6 +264,16 @@ def _phone_is_unique(model: type, phone_field: str) -> bool:
     return bool(model._meta.get_field(phone_field).unique)
 
 
+def odd_phone(field: str) -> Q:
+    """The rows whose ``field`` is not stored in E.164 (on PostgreSQL the partial index
+    ``crm_sms_contact_odd_phone`` holds them for Contact): the rows ``_clean_phone`` cannot
+    take as they are."""
+    odd = ~Q(**{f"{field}__regex": E164_SQL})
+    if connection.vendor == "sqlite":  # its REGEXP is re.search: "$" matches before a "\n"
+        odd |= Q(**{f"{field}__contains": "\n"})
+    return odd
+
+
 def contested_phones(sel: Selection, contacts: Any) -> set[str] | None:
     """The normalized phones that more than one row of ``contacts`` may have: those of the
     rows whose phone is not E.164 (few: the import and the forms store E.164; on PostgreSQL a
@@ -276,11 +286,8 @@ def contested_phones(sel: Selection, contacts: Any) -> set[str] | None:
         return None
     rows = contacts.order_by()
     field = sel.phone_field
-    odd = ~Q(**{f"{field}__regex": E164_SQL})
-    if connection.vendor == "sqlite":  # its REGEXP is re.search: "$" matches before a "\n"
-        odd |= Q(**{f"{field}__contains": "\n"})
     contested: set[str] = set()
-    raws = rows.filter(odd).values_list(field, flat=True).iterator(chunk_size=CHUNK)
+    raws = rows.filter(odd_phone(field)).values_list(field, flat=True).iterator(chunk_size=CHUNK)
     if not _phone_is_unique(sel.model, field):
         repeated = rows.values(field).annotate(n=Count("*")).filter(n__gt=1)
         raws = chain(raws, repeated.values_list(field, flat=True).iterator(chunk_size=CHUNK))
@@ -316,6 +323,16 @@ def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] 
             values[name] = ""
     if "phone" in values and values["phone"] == row[sel.phone_field]:
         values["phone"] = phone
+    texts = render_values(sel, values)
+    if texts is None:
+        sel.excluded["invalid"] += 1
+    return texts
+
+
+def render_values(sel: Selection, values: dict[str, Any]) -> tuple[str, str] | None:
+    """(rendered text, text to send) for a recipient's ``values`` (None already made ""), or
+    None when it cannot be made or the provider would refuse it (the first such error is kept
+    on ``sel.text_error``; the caller counts the recipient invalid)."""
     try:
         original = sel.template.render(values)
         text = sel.prepare(original)
@@ -323,7 +340,6 @@ def _render(sel: Selection, row: dict[str, Any], phone: str) -> tuple[str, str] 
             sel.backend.validate_text(text)
     except ValidationError as exc:
         sel.text_error = sel.text_error or exc
-        sel.excluded["invalid"] += 1
         return None
     return original, text
 

@@ -10,7 +10,13 @@
    #id_smart_encoding is unticked, and shows the parts after and before. When the "kind" radio
    says advertising, the unsubscribe phrase is appended first (crm_sms.inbound.with_unsubscribe,
    its configuration in "sms-translit".unsubscribe). In Node, the functions
-   are exported for the tests (tests/test_translit.py). */
+   are exported for the tests (tests/test_translit.py).
+
+   A template ("{{ first_name }}") makes a text per recipient: the counter then asks the page's
+   own action (the form posted with "_sms_counter", crm_sms/admin/send_action.py) for the
+   longest text it makes for the selected recipients, and shows that one ("Longest text: …",
+   data-longest-*); the text as typed stays in data-characters and the like. Numbers take
+   their plural form from "sms-translit".plural (crm_sms/admin/send_preview.py). */
 (function () {
   "use strict";
 
@@ -125,8 +131,24 @@
     });
   }
 
+  /* "5 characters" in the page's language: plural = {forms, index} (send_preview.plural_forms). */
+  function plural(forms, n) {
+    if (!forms) { return String(n); }
+    var index = forms.index[n < forms.index.length ? n : 100 + n % 100];
+    return forms.forms[index].replace("%(count)s", String(n));
+  }
+
+  function words(info, config) {
+    var forms = (config && config.plural) || {};
+    return { characters: plural(forms.characters, info.characters), encoding: info.encoding,
+             segments: plural(forms.segments, info.segments), per_segment: info.per_segment };
+  }
+
+  function isTemplate(text) { return /\{[{%#]/.test(text); }
+
   var api = { smsInfo: smsInfo, prepareText: prepareText, transliterate: transliterate,
-              smartEncode: smartEncode, toSet: toSet, withUnsubscribe: withUnsubscribe };
+              smartEncode: smartEncode, toSet: toSet, withUnsubscribe: withUnsubscribe,
+              plural: plural };
   if (typeof module !== "undefined" && module.exports) { module.exports = api; }
   if (typeof document === "undefined") { return; }
 
@@ -153,7 +175,31 @@
     };
   }
 
-  function show(counter, text, sent, opts, config, basic, extension) {
+  function sameInfo(a, b) {
+    return a.characters === b.characters && a.encoding === b.encoding &&
+      a.segments === b.segments;
+  }
+
+  /* The counter's line: ``info`` after the transformations, ``before`` them, ``longest`` the
+     server's answer for a template ({longest, before} or {error}) or null. */
+  function describe(counter, info, before, longest, opts, config) {
+    var texts = (config && config.texts) || {};
+    var label = opts.translit ? texts.before_translit : texts.before_smart;
+    var template = counter.dataset.template;
+    if (longest && longest.longest) {
+      template = counter.dataset.longest || template;
+      before = longest.before || longest.longest;
+      info = longest.longest;
+    }
+    var shown = format(template, words(info, config));
+    if (!sameInfo(info, before) && label) {
+      shown += " (" + format(label, words(before, config)) + ")";
+    }
+    if (longest && longest.error) { shown += " — " + longest.error; }
+    return { text: shown, info: info };
+  }
+
+  function show(counter, text, sent, opts, config, basic, extension, longest) {
     var info = smsInfo(sent, basic, extension);
     var before = sent === text ? info : smsInfo(text, basic, extension);
     counter.dataset.characters = info.characters;
@@ -163,14 +209,37 @@
     counter.dataset.segmentsBefore = before.segments;
     counter.dataset.encodingBefore = before.encoding;
     counter.dataset.changed = sent === text ? "0" : "1";
-    var shown = format(counter.dataset.template, info);
-    if (sent !== text && config) {
-      var texts = config.texts || {};
-      var label = opts.translit ? texts.before_translit : texts.before_smart;
-      if (label) { shown += " (" + format(label, before) + ")"; }
-    }
-    counter.textContent = text ? shown : counter.dataset.empty;
-    counter.classList.toggle("crm-sms-multipart", info.segments > 1);
+    var found = longest && longest.longest;
+    counter.dataset.longestCharacters = found ? found.characters : "";
+    counter.dataset.longestSegments = found ? found.segments : "";
+    counter.dataset.longestEncoding = found ? found.encoding : "";
+    counter.dataset.longestError = (longest && longest.error) || "";
+    var line = describe(counter, info, before, longest, opts, config);
+    counter.textContent = text ? line.text : counter.dataset.empty;
+    counter.classList.toggle("crm-sms-multipart", line.info.segments > 1);
+  }
+
+  /* Asks the page's action for the longest text of a template, 300 ms after the last change;
+     ``done(answer)`` gets the answer for the newest question only. */
+  function longestAsker(form, done) {
+    var timer = null, asked = 0;
+    return function (key) {
+      clearTimeout(timer);
+      asked += 1;
+      var mine = asked;
+      if (!key) { return; }
+      timer = setTimeout(function () {
+        var body = new FormData(form);
+        body.set("_sms_counter", "1");
+        // form.action would be the form's <input name="action">: the page's own address.
+        var url = form.getAttribute("action") || window.location.href;
+        fetch(url, { method: "POST", body: body, credentials: "same-origin",
+                     headers: { "X-Requested-With": "XMLHttpRequest" } })
+          .then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (answer) { if (mine === asked) { done(key, answer); } })
+          .catch(function () { if (mine === asked) { done(key, null); } });
+      }, 300);
+    };
   }
 
   function init() {
@@ -180,14 +249,37 @@
     var basic = readSet("sms-gsm7-basic");
     var extension = readSet("sms-gsm7-extension");
     var config = readJSON("sms-translit");
+    var form = textarea.form;
+    var longest = { key: "", answer: null };
+    var ask = form && window.fetch && window.FormData ? longestAsker(form, function (key, answer) {
+      longest = { key: key, answer: answer };
+      counter.dataset.longestPending = "0";
+      update();
+    }) : null;
+    function question(typed, opts) {
+      if (!ask || !isTemplate(typed)) { return ""; }
+      var kind = document.querySelector("input[name=kind]:checked");
+      var provider = document.getElementById("id_provider");
+      return JSON.stringify([typed, opts.translit, opts.smart, kind ? kind.value : "",
+                             provider ? provider.value : ""]);
+    }
     function update() {
-      var text = textarea.value.replace(/\r\n?/g, "\n");
+      var typed = textarea.value.replace(/\r\n?/g, "\n");
+      var text = typed;
       if (text && advertising() && config) { text = withUnsubscribe(text, config.unsubscribe); }
       var opts = options(config);
+      var key = question(typed, opts);
+      if (key !== longest.key) {
+        longest = { key: key, answer: null };
+        counter.dataset.longestPending = key ? "1" : "0";
+        if (ask) { ask(key); }
+      }
       show(counter, text, prepareText(text, opts, config, basic, extension), opts, config,
-           basic, extension);
+           basic, extension, longest.answer);
     }
     textarea.addEventListener("input", update);
+    var provider = document.getElementById("id_provider");
+    if (provider) { provider.addEventListener("change", update); }
     ["id_translit", "id_smart_encoding"].forEach(function (id) {
       var box = document.getElementById(id);
       if (box) { box.addEventListener("change", update); }
