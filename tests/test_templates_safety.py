@@ -75,9 +75,9 @@ def test_an_unclosed_if_says_what_to_add():
 def test_six_nested_loops_are_refused_at_once():
     loops = "".join("{% for a" + str(i) + " in '0123456789' %}" for i in range(6))
     source = loops + "{{ first_name }}" + "{% endfor %}" * 6
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: the machine's load does not count
     error = error_of(source)
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5  # rendering it would take minutes
     assert "{% for %}" in " ".join(error.messages)
 
 
@@ -220,12 +220,12 @@ def test_worst_allowed_template_renders_quickly():
     source = piece * (MAX_TAGS // 4)
     template = SMSTemplate(source)
     values = {**VALUES, "last_name": "Я" * 150, "first_name": "Ж" * 150}
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: the machine's load does not count
     for _ in range(100):
         with pytest.raises(ValidationError):  # longer than MAX_TEXT_LENGTH
             template.render(values)
         template.render({**VALUES, "last_name": "Петров"})
-    assert time.monotonic() - started < 2  # ~1 ms per recipient on a slow machine
+    assert time.process_time() - started < 2  # ~1 ms per recipient on a slow machine
 
 
 def test_errors_while_rendering_become_validation_errors():

@@ -21,13 +21,14 @@ from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, ngettext, ngettext_lazy
 
 from .. import outbox
 from ..models import Campaign, CampaignStatus, Message, MessageStatus
 from . import resend
 from .campaign_costs import COMPLIANCE_FIELDS, CampaignComplianceMixin
 from .common import DRAFT_SESSION_KEY, SEND_SMS_PERMISSION, excluded_rows
+from .event_display import seconds_display
 
 ACTIVE_CAMPAIGN_STATUSES = {CampaignStatus.RUNNING, CampaignStatus.SCHEDULED}
 
@@ -154,14 +155,19 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
         "provider",
         "scheduled_at",
         "created_by",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created_at_display",
+        "started_at_display",
+        "finished_at_display",
         "pause_reason",
         "recipients_count",
         "excluded_display",
         *COMPLIANCE_FIELDS,
     )
+
+    # Times to the second on the page: when it started and ended, next to its messages' times.
+    created_at_display = seconds_display("created_at", Campaign)
+    started_at_display = seconds_display("started_at", Campaign)
+    finished_at_display = seconds_display("finished_at", Campaign)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return CampaignChangeList
@@ -369,9 +375,10 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
         request: HttpRequest,
         queryset: QuerySet,
         func: Callable[[Campaign], Any],
-        done_message: str,
+        done_message: Any,
     ) -> None:
-        """Run ``func`` on each campaign; a False result means "not applicable" (left as is)."""
+        """Run ``func`` on each campaign; a False result means "not applicable" (left as is).
+        ``done_message``: an ``ngettext_lazy(…, "count")``, so the count picks its form."""
         done, failed, left = 0, [], []
         for campaign in queryset:
             try:
@@ -403,18 +410,22 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
             lambda c: outbox.pause_campaign(
                 c, reason=_("Paused by %(user)s") % {"user": request.user}
             ),
-            _("Campaigns paused: %(count)d."),
+            ngettext_lazy("%(count)d campaign paused.", "%(count)d campaigns paused.", "count"),
         )
 
     @admin.action(description=gettext_lazy("Resume"), permissions=["send_sms"])
     def resume_action(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(request, queryset, outbox.resume_campaign, _("Campaigns resumed: %(count)d."))
+        done = ngettext_lazy("%(count)d campaign resumed.", "%(count)d campaigns resumed.", "count")
+        self._each(request, queryset, outbox.resume_campaign, done)
 
     @admin.action(
         description=gettext_lazy("Cancel (unsent messages are cancelled)"), permissions=["change"]
     )
     def cancel_action(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(request, queryset, outbox.cancel_campaign, _("Campaigns cancelled: %(count)d."))
+        done = ngettext_lazy(
+            "%(count)d campaign cancelled.", "%(count)d campaigns cancelled.", "count"
+        )
+        self._each(request, queryset, outbox.cancel_campaign, done)
 
     @admin.action(description=gettext_lazy("Retry failed messages…"), permissions=["send_sms"])
     def retry_failed_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
@@ -441,7 +452,7 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
             request,
             queryset.filter(pk__in=[c.pk for c in campaigns]),
             retry,
-            _("Campaigns retried: %(count)d."),
+            ngettext_lazy("%(count)d campaign retried.", "%(count)d campaigns retried.", "count"),
         )
         self.message_user(
             request,

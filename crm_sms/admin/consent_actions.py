@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext_lazy, pgettext_lazy
 
 from .. import consent
 from ..models import Contact, ContactEvent
@@ -164,29 +164,43 @@ class ConsentActionForm(forms.Form):
         return timezone.make_aware(datetime.combine(day, time.min))
 
 
-# operation: (function, page title, success message)
+# operation: (function, page title, success message: ngettext_lazy keyed by "count")
 OPERATIONS: dict[str, tuple[Callable[..., int], Any, Any]] = {
     "give": (
         consent.give_consent,
         gettext_lazy("Give consent to advertising"),
-        gettext_lazy("Consent to advertising recorded for %(count)d of %(total)d contacts."),
+        ngettext_lazy(
+            "Consent to advertising recorded for %(count)d contact.",
+            "Consent to advertising recorded for %(count)d contacts.",
+            "count",
+        ),
     ),
     "withdraw": (
         consent.withdraw_consent,
         gettext_lazy("Withdraw consent to advertising"),
-        gettext_lazy("Consent to advertising withdrawn for %(count)d of %(total)d contacts."),
+        ngettext_lazy(
+            "Consent to advertising withdrawn for %(count)d contact.",
+            "Consent to advertising withdrawn for %(count)d contacts.",
+            "count",
+        ),
     ),
     "opt_out": (
         consent.opt_out,
         gettext_lazy("Opt out of all SMS"),
-        gettext_lazy("%(count)d of %(total)d contacts opted out."),
+        ngettext_lazy("%(count)d contact opted out.", "%(count)d contacts opted out.", "count"),
     ),
     "opt_in": (
         consent.opt_in,
         gettext_lazy("Opt in to SMS again"),
-        gettext_lazy("%(count)d of %(total)d contacts opted in again."),
+        ngettext_lazy(
+            "%(count)d contact opted in again.", "%(count)d contacts opted in again.", "count"
+        ),
     ),
 }
+#: Added when some of the selected contacts were in that state already.
+UNCHANGED = ngettext_lazy(
+    "%(count)d contact was so already.", "%(count)d contacts were so already.", "count"
+)
 
 
 class ConsentAdminMixin(PersonalDataAdminMixin):
@@ -230,7 +244,8 @@ class ConsentAdminMixin(PersonalDataAdminMixin):
         inlines = list(super().get_inlines(request, obj))  # type: ignore[misc]
         return inlines if obj is None else [*inlines, ContactEventInline]
 
-    @admin.display(description=gettext_lazy("consent to advertising"), boolean=True)
+    # A short header: the contact list must fit 1366 px (the filter says it in full).
+    @admin.display(description=pgettext_lazy("column", "consent"), boolean=True)
     def consent_column(self, contact: Contact) -> bool:
         return contact.has_consent
 
@@ -265,15 +280,18 @@ class ConsentAdminMixin(PersonalDataAdminMixin):
             }
             if operation == "give":
                 kwargs["at"] = form.given_at()
+            # Counted first: a filtered selection ("opted out: no") may not hold them after.
+            selected = queryset.count()
             try:
                 count = function(queryset, **kwargs)
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
-                total = queryset.count()
-                self.message_user(
-                    request, done % {"count": count, "total": total}, messages.SUCCESS
-                )  # type: ignore[attr-defined]
+                text = done % {"count": count}
+                unchanged = selected - count
+                if unchanged > 0:
+                    text = f"{text} {UNCHANGED % {'count': unchanged}}"
+                self.message_user(request, text, messages.SUCCESS)  # type: ignore[attr-defined]
                 return None
         return self.consent_page(request, queryset, form, title)
 

@@ -17,7 +17,7 @@ from ..backends import provider_choices
 from ..models import ACTIVE_STATUSES, Message, MessageEvent, MessageStatus
 from .common import SEND_SMS_PERMISSION
 from .contacts import search_phone
-from .event_display import EventDescriptionMixin, EventTimeMixin
+from .event_display import EventDescriptionMixin, EventTimeMixin, seconds_display
 from .paginator import LargeListMixin
 from .resend import resend_selected
 
@@ -117,9 +117,9 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "segments",
         "attempts",
         "error_code",
-        "created_at",
-        "sent_at",
-        "delivered_at",
+        "created_at_column",
+        "sent_at_column",
+        "delivered_at_column",
     )
     list_filter = ("status", ProviderFilter, "campaign", "created_at")
     list_select_related = ("campaign",)
@@ -149,17 +149,29 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "error_message",
         "attempts",
         "time_zone",
-        "window_end_at",
-        "next_attempt_at",
-        "claimed_at",
+        "window_end_at_display",
+        "next_attempt_at_display",
+        "claimed_at_display",
         "segments",
-        "created_at",
-        "sent_at",
-        "delivered_at",
-        "updated_at",
+        "created_at_display",
+        "sent_at_display",
+        "delivered_at_display",
+        "updated_at_display",
         "last_response",
     )
     fields = readonly_fields
+
+    # Times to the second: the order of a message's steps and events must be readable.
+    created_at_column = seconds_display("created_at", Message, short=True)
+    sent_at_column = seconds_display("sent_at", Message, short=True)
+    delivered_at_column = seconds_display("delivered_at", Message, short=True)
+    window_end_at_display = seconds_display("window_end_at", Message)
+    next_attempt_at_display = seconds_display("next_attempt_at", Message)
+    claimed_at_display = seconds_display("claimed_at", Message)
+    created_at_display = seconds_display("created_at", Message)
+    sent_at_display = seconds_display("sent_at", Message)
+    delivered_at_display = seconds_display("delivered_at", Message)
+    updated_at_display = seconds_display("updated_at", Message)
 
     def has_send_sms_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(SEND_SMS_PERMISSION)
@@ -169,7 +181,7 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         is sent, delivered, failed, cancelled or uncertain."""
         fields = super().get_fields(request, obj)
         if obj is not None and obj.status not in ACTIVE_STATUSES:
-            fields = [f for f in fields if f != "next_attempt_at"]
+            fields = [f for f in fields if f != "next_attempt_at_display"]
         return fields
 
     def get_search_results(
@@ -260,7 +272,7 @@ class MessageEventAdmin(
         "error_code",
         "description_display",
         "payload",
-        "created_at",
+        "created_at_display",
     )
     fields = readonly_fields
     raw_id_fields = ("message",)

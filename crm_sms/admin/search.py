@@ -8,9 +8,13 @@ is matched exactly (its plain index). SQLite runs the same lookups without those
 - ``ivanov@mail.ru``: the e-mail, whatever its case;
 - ``Иванов``: last names starting with it;
 - ``Иванов Пётр С``: last name, first name and middle name, each by its start;
+- ``900555``, ``900-555`` (only digits and a phone's punctuation, at least
+  :data:`MIN_PHONE_DIGITS` digits, not a whole phone): contacts whose phone contains those
+  digits (``phone__contains``; on PostgreSQL the trigram index of migration 0012 answers it),
+  or whose external id is the term;
 - ``CRM-000123`` (has digits, is not a phone): the external id, exactly.
 
-A phone in any notation is found before this by :class:`.contacts.PhoneSearchMixin`.
+A whole phone in any notation is found before this by :class:`.contacts.PhoneSearchMixin`.
 
 Search results are ordered by ``UPPER(last_name)`` (in the "C" collation on PostgreSQL),
 first name and id: the order of the PostgreSQL index, so the first page of "Иванов" (4% of a
@@ -36,6 +40,19 @@ from ..models import Contact, ContactGroup
 
 #: The name fields a search term's words are matched against, in order.
 NAME_FIELDS = ("last_name", "first_name", "middle_name")
+#: Fewer digits than this are in too many phones to be worth a search (a trigram index needs 3).
+MIN_PHONE_DIGITS = 4
+#: What a part of a number may be written with besides digits.
+PHONE_PUNCTUATION = frozenset(" +-().")
+
+
+def phone_digits(term: str) -> str | None:
+    """The digits of a term that is part of a number ("900555", "(900) 555-1"), or None when
+    the term has other characters or fewer than :data:`MIN_PHONE_DIGITS` digits."""
+    if any(not ch.isdigit() and ch not in PHONE_PUNCTUATION for ch in term):
+        return None
+    digits = "".join(ch for ch in term if ch.isdigit())
+    return digits if len(digits) >= MIN_PHONE_DIGITS and digits.isascii() else None
 
 
 def contact_search(term: str) -> Q | None:
@@ -45,6 +62,9 @@ def contact_search(term: str) -> Q | None:
         return None
     if "@" in term:
         return Q(email__iexact=term)
+    digits = phone_digits(term)
+    if digits:  # an id may be all digits too
+        return Q(phone__contains=digits) | Q(external_id=term)
     if any(ch.isdigit() for ch in term):  # names have no digits; ids have
         return Q(external_id=term)
     words = term.split()[: len(NAME_FIELDS)]
