@@ -74,7 +74,9 @@ class RowInserter:
 
 def update_rows(model: type[models.Model], updates: Mapping[Any, Mapping[str, Any]]) -> None:
     """Write per-row field values ``{pk: {field name: value}}``: one prepared UPDATE per set of
-    field names, run for all its rows (executemany). Lock the rows first where it matters."""
+    field names, run for all its rows (executemany; a pipeline on PostgreSQL). Lock the rows
+    first where it matters. Rows often share values (a batch of send results: the status,
+    the time, empty error codes), so each distinct value of a field is prepared once."""
     groups: dict[tuple[str, ...], list[Any]] = defaultdict(list)
     for pk, values in updates.items():
         groups[tuple(sorted(values))].append(pk)
@@ -86,9 +88,30 @@ def update_rows(model: type[models.Model], updates: Mapping[Any, Mapping[str, An
         fields = [meta.get_field(name) for name in names]
         assignments = ", ".join(f"{ops.quote_name(f.column)} = %s" for f in fields)
         sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"
-        params = [
-            [f.get_db_prep_save(updates[pk][f.name], connection) for f in fields] + [pk]
-            for pk in pks
-        ]
+        prepared = [(name, _Preparer(f)) for name, f in zip(names, fields, strict=True)]
+        params = [[prepare(updates[pk][name]) for name, prepare in prepared] + [pk] for pk in pks]
         with connection.cursor() as cursor:
             cursor.executemany(sql, params)
+
+
+_MISSING = object()
+
+
+class _Preparer:
+    """A field's values as the database takes them, each distinct hashable value once."""
+
+    __slots__ = ("field", "seen")
+
+    def __init__(self, field: models.Field):
+        self.field, self.seen = field, {}
+
+    def __call__(self, value: Any) -> Any:
+        # The type is part of the key: 1, 1.0 and True are equal but prepare differently.
+        key = (type(value), value)
+        try:
+            prepared = self.seen.get(key, _MISSING)
+        except TypeError:  # unhashable (a JSON dict): every time
+            return self.field.get_db_prep_save(value, connection)
+        if prepared is _MISSING:
+            prepared = self.seen[key] = self.field.get_db_prep_save(value, connection)
+        return prepared

@@ -121,3 +121,16 @@ def is_valid_phone(value: object, region: str | None = None) -> bool:
 def phone_digits(e164: str) -> str:
     """``+79001234212`` -> ``79001234212`` (the form MegaFon and most providers take)."""
     return e164.lstrip("+")
+
+
+def international_digits(phone: str, min_digits: int = 11) -> str:
+    """The digits of an E.164 number, the form most providers take (``+79001234212`` ->
+    ``79001234212``). Raises ValidationError (code ``invalid_phone``) unless they are
+    ``min_digits`` to 15 ASCII digits: 11 covers Russian numbers with their country code."""
+    digits = phone.removeprefix("+")
+    if not (digits.isascii() and digits.isdigit() and min_digits <= len(digits) <= 15):
+        raise ValidationError(
+            _("The number %(to)s is not in international format (+79001234212).") % {"to": phone},
+            code="invalid_phone",
+        )
+    return digits

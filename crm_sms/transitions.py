@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from .bulk import update_rows
 from .events import EventRow, record_events
 from .exceptions import InvalidTransition
 from .models import (
@@ -202,7 +203,7 @@ def move_messages(
     ``message_status_changed``). Returns the moves that took effect.
 
     ``where=None``: the caller holds the rows (``select_for_update`` in its transaction); rows
-    are written with per-row values (``_write_rows``). A message may move twice in one call
+    are written with per-row values (``bulk.update_rows``). A message may move twice in one call
     (a report batch): its last values win and each move is an event.
     ``where=(field, ...)``: concurrent writers may have moved a row since it was read, so each
     row is written only where its status is still the move's ``old`` and each named field
@@ -223,7 +224,7 @@ def move_messages(
                 row = rows.setdefault(move.message.pk, {})
                 row.update(move.values)
                 row.update(status=move.new, updated_at=now)
-            _write_rows(rows)
+            update_rows(Message, rows)
             moved = list(moves)
         else:
             moved = _write_where(moves, tuple(where), now)
@@ -244,45 +245,6 @@ def move_messages(
             )
         record_events(events)
     return moved
-
-
-def _write_rows(rows: dict[Any, dict[str, Any]]) -> None:
-    """Write per-row values ``{pk: {field name: value}}`` of messages the caller holds: one
-    prepared UPDATE per set of field names, run for all its rows (executemany; a pipeline on
-    PostgreSQL). A batch of results shares most values (status, times, empty error codes):
-    each distinct value of a field is prepared once."""
-    groups: dict[tuple[str, ...], list[Any]] = defaultdict(list)
-    for pk, values in rows.items():
-        groups[tuple(sorted(values))].append(pk)
-    ops, meta = connection.ops, Message._meta
-    table, pk_column = ops.quote_name(meta.db_table), ops.quote_name(meta.pk.column)
-    for names, pks in groups.items():
-        fields = [meta.get_field(name) for name in names]
-        assignments = ", ".join(f"{ops.quote_name(f.column)} = %s" for f in fields)
-        prepared = [_Prepared(f) for f in fields]
-        params = [[p(rows[pk][p.name]) for p in prepared] + [pk] for pk in pks]
-        with connection.cursor() as cursor:
-            cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s", params)
-
-
-class _Prepared:
-    """A field's values as the database takes them, each distinct hashable value once."""
-
-    __slots__ = ("name", "field", "seen")
-
-    def __init__(self, field: Any):
-        self.name, self.field, self.seen = field.name, field, {}
-
-    def __call__(self, value: Any) -> Any:
-        try:
-            return self.seen[(type(value), value)]
-        except KeyError:
-            prepared = self.seen[(type(value), value)] = self.field.get_db_prep_save(
-                value, connection
-            )
-            return prepared
-        except TypeError:  # unhashable (a JSON dict): every time
-            return self.field.get_db_prep_save(value, connection)
 
 
 #: Primary keys per conditional UPDATE (well under every database's parameter limit).

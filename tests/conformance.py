@@ -60,8 +60,7 @@ delivered)``                          the emulator's ``delivery_report`` + ``enc
 ``forge(body, headers)``              the same report with a wrong signature, or None (the
                                       provider does not sign: the forged-callback test skips)
 ``set_final_status(sandbox, message,  for polling: make the emulator's status endpoint answer
-delivered)``                          the final state (default: ``message["status"]`` =
-                                      ``delivered_status``/``failed_status``)
+delivered)``                          the final state (default: the emulator's ``finish``)
 ====================================  ========================================================
 """
 
@@ -179,8 +178,7 @@ class ConformanceSuite:
     def set_final_status(
         self, sandbox: SandboxServer, message: dict[str, Any], delivered: bool
     ) -> None:
-        provider = sandbox.provider
-        message["status"] = provider.delivered_status if delivered else provider.failed_status
+        sandbox.provider.finish(message, delivered)
 
     # --- fixtures --------------------------------------------------------------------------
     @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote
 
 import pytest
@@ -19,6 +17,7 @@ from crm_sms.conf import parse_sms_url
 from crm_sms.exceptions import ConfigurationError
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
+from tests.fixtures_http import ScriptedServer
 
 S = SendStatus
 LOGIN, PASSWORD = "bee:l@ne", "p@ss:w/rd%41"
@@ -239,34 +238,12 @@ def test_wrong_credentials_pause_sending(sandbox):
 # --- a scripted server: answers the emulator does not give ---------------------------------
 
 
-class Scripted:
+class Scripted(ScriptedServer):
     """Answers every request with ``answer``: (status, body bytes, headers)."""
 
     def __init__(self):
-        self.answer = (200, b"<output/>", {})
-        self.bodies: list[bytes] = []
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                scripted.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                status, body, headers = scripted.answer
-                self.send_response(status)
-                for name, value in {"Content-Length": str(len(body)), **headers}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"beeline+http://{quote(LOGIN, safe='')}:pw@127.0.0.1:"
-        self.url += f"{self.httpd.server_address[1]}/?sender=Shop"
+        super().__init__((200, b"<output/>", {}), content_type=None)
+        self.url = f"beeline+http://{quote(LOGIN, safe='')}:pw@{self.address}/?sender=Shop"
 
     def reply(self, xml: str, status: int = 200, **headers: str) -> None:
         self.answer = (status, xml.encode("utf-8"), headers)
@@ -276,8 +253,7 @@ class Scripted:
 def scripted():
     server = Scripted()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 @pytest.mark.parametrize("fragment, code", ERROR_TEXTS)

@@ -48,9 +48,6 @@ class TestSmscConformance(ConformanceSuite):
         forged = [(k, "0" * 32 if k == "md5" else v) for k, v in fields]
         return urlencode(forged).encode("ascii"), headers
 
-    def set_final_status(self, sandbox, message, delivered):
-        sandbox.provider.finish(message, delivered)
-
 
 class TestSmscBatchConformance(TestSmscConformance):
     """SMSC with many phones per request: the batch test runs; no lookup (retry_safety NONE)."""

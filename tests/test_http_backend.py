@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -23,6 +21,7 @@ from crm_sms.backends.http import Answer, HTTPBackend, HTTPRequest
 from crm_sms.backends.options import Option
 from crm_sms.conf import parse_sms_url, settings_from_env
 from crm_sms.exceptions import ConfigurationError, ProviderError
+from tests.fixtures_http import ScriptedServer
 
 KEY, SECRET = "acme-key-0001", "acme-secret-0002"
 
@@ -70,42 +69,11 @@ class AcmeBackend(HTTPBackend):
         return [SendResult(status, error_code=code, error_message=data.get("text", ""), raw=data)]
 
 
-class Server:
+class Server(ScriptedServer):
     """Answers each POST with ``answer(body)``: (status, bytes or dict), "drop", or a sleep."""
 
     def __init__(self):
-        self.answer = lambda body: (200, {"ok": True, "id": "A-1"})
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.requests.append({"headers": dict(self.headers), "body": body})
-                result = server.answer(body)
-                if result == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                status, payload = result
-                if isinstance(payload, dict):
-                    payload = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
+        super().__init__(lambda body: (200, {"ok": True, "id": "A-1"}), content_type=None)
 
     def url(self, query: str = "") -> str:
         return f"acme+http://{KEY}:{SECRET}@{self.address}/{query}"
@@ -118,8 +86,7 @@ def acme(settings):
     providers = settings_from_env({"SMS_URL": server.url("?sender=Shop&read_timeout=0.3")})
     settings.CRM_SMS = {"SCHEMES": {"acme": "tests.test_http_backend.AcmeBackend"}, **providers}
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 def sms(to="+79001234212", msg_id="m1") -> OutgoingSMS:

@@ -6,11 +6,8 @@ import base64
 import json
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
@@ -27,70 +24,11 @@ from crm_sms.backends.megafon import (
 from crm_sms.conf import parse_sms_url
 from crm_sms.exceptions import ConfigurationError
 from crm_sms.sandbox import SEND_PATH, SandboxServer
+from tests.fixtures_http import scripted_fixture  # noqa: F401 (the fixture `scripted`)
 
 LOGIN = "corp@login"
 PASSWORD = "p:a@ss/w%rd"  # ':' and '@' and '%' must survive the URL and the Basic header
 TOKEN = base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode()
-
-
-class Scripted:
-    """A loopback HTTP server whose answer to each request is chosen by ``answer(body)``:
-    a (status, body bytes[, content type]) tuple, or the string "drop" to close the socket
-    without answering. It records every request's headers and raw body."""
-
-    def __init__(self, answer: Callable[[bytes], object]):
-        self.answer = answer
-        self.requests: list[dict] = []
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                scripted.requests.append({"headers": dict(self.headers), "body": body})
-                result = scripted.answer(body)
-                if result == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                status, payload, *rest = result
-                if isinstance(payload, dict):
-                    payload = json.dumps(payload, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", rest[0] if rest else "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(answer):
-        server = Scripted(answer if callable(answer) else (lambda body: answer))
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def backend_for(base_url: str, **options) -> MegafonBackend:

@@ -33,26 +33,12 @@ from crm_sms.models import Message, MessageStatus
 from crm_sms.polling import poll_statuses
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
-from tests.test_megafon_backend import Scripted
+from tests.fixtures_http import scripted_fixture  # noqa: F401 (the fixture `scripted`)
 
 LOGIN = "corp@mts"
 PASSWORD = "p:a@ss/w%rd"
 TOKEN = base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode()
 S, D = SendStatus, DeliveryStatus
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(answer):
-        server = Scripted(answer if callable(answer) else (lambda body: answer))
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 @pytest.fixture

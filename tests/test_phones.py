@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from crm_sms.phones import is_valid_phone, normalize_phone, phone_digits
+from crm_sms.phones import international_digits, is_valid_phone, normalize_phone, phone_digits
 
 VALID = [
     ("8 (900) 123-42-12", "+79001234212"),
@@ -73,6 +73,38 @@ def test_region_decides_numbers_without_country_code(settings):
 
 def test_phone_digits():
     assert phone_digits("+79001234212") == "79001234212"
+
+
+@pytest.mark.parametrize(
+    "phone, min_digits, digits",
+    [
+        ("+79001234212", 11, "79001234212"),
+        ("79001234212", 11, "79001234212"),
+        ("+123456789012345", 11, "123456789012345"),
+        ("+4930901", 7, "4930901"),
+    ],
+)
+def test_international_digits_are_what_providers_take(phone, min_digits, digits):
+    assert international_digits(phone, min_digits=min_digits) == digits
+
+
+@pytest.mark.parametrize(
+    "phone, min_digits",
+    [
+        ("+9001234212", 11),  # ten digits: no country code
+        ("+1234567890123456", 11),  # sixteen
+        ("++79001234212", 11),
+        ("+7 900 123 42 12", 11),
+        ("+７９００１２３４２１２", 11),  # full-width digits are digits, but not ASCII
+        ("+490123", 7),
+    ],
+)
+def test_international_digits_refuse_other_forms(phone, min_digits):
+    with pytest.raises(ValidationError) as excinfo:
+        international_digits(phone, min_digits=min_digits)
+    assert excinfo.value.code == "invalid_phone"
+    assert phone in excinfo.value.messages[0]
+    assert "international format" in excinfo.value.messages[0]
 
 
 def test_table_is_big_enough():

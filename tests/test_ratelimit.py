@@ -20,6 +20,8 @@ import uuid
 import pytest
 
 from crm_sms import ratelimit
+from crm_sms.backends import build_backend
+from crm_sms.backends.locmem import LocmemBackend
 
 DJANGO_REDIS = "django.core.cache.backends.redis.RedisCache"
 DJANGO_REDIS_PACKAGE = "django_redis.cache.RedisCache"
@@ -101,6 +103,30 @@ def test_max_in_window_helper():
 
 def test_no_limit_without_rate_limit():
     assert ratelimit.get_rate_limiter("x", None) is None
+
+
+class PacedBackend(LocmemBackend):
+    """A provider whose contract allows 5 SMS a second unless the URL says more."""
+
+    default_rate_limit = 5.0
+
+
+def test_a_backends_default_rate_limit_holds_where_the_url_gives_none(settings):
+    paced = f"{__name__}.PacedBackend"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.CRM_SMS = {
+        **settings.CRM_SMS,
+        "PROVIDERS": {
+            "paced": {"BACKEND": paced},
+            "contracted": {"BACKEND": paced, "RATE_LIMIT": 40},
+            "plain": {"BACKEND": "crm_sms.backends.locmem.LocmemBackend"},
+        },
+    }
+    rates = {alias: build_backend(alias).rate_limit for alias in ("paced", "contracted", "plain")}
+    assert rates == {"paced": 5.0, "contracted": 40.0, "plain": None}
+    limiter = ratelimit.get_rate_limiter("paced", rates["paced"])
+    assert limiter is not None and limiter.rate == 5.0
+    assert ratelimit.get_rate_limiter("plain", rates["plain"]) is None
 
 
 def test_local_limiter_is_exact_across_threads():

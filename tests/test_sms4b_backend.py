@@ -3,8 +3,6 @@ for answers the emulator does not give."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
@@ -18,6 +16,7 @@ from crm_sms.conf import parse_sms_url
 from crm_sms.exceptions import ConfigurationError
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
+from tests.fixtures_http import ScriptedServer
 
 S = SendStatus
 LOGIN, PASSWORD = "sms4b@login", "pa:ss w@rd&1"
@@ -195,39 +194,14 @@ def test_the_emulator_answers_like_an_asmx_service(sandbox):
 # --- a scripted server ---------------------------------------------------------------------
 
 
-class Scripted:
-    """Answers every POST with ``answer``: (status, body bytes)."""
-
-    def __init__(self):
-        self.answer = (200, b"")
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                status, body = scripted.answer
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"sms4b+http://u:p@127.0.0.1:{self.httpd.server_address[1]}/?sender=Shop"
-
-
 @pytest.fixture
 def scripted():
-    server = Scripted()
+    """A ScriptedServer answering every request with its ``answer``: (status, body bytes);
+    ``url`` is its SMS_URL."""
+    server = ScriptedServer((200, b""), content_type=None)
+    server.url = f"sms4b+http://u:p@{server.address}/?sender=Shop"
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 @pytest.mark.parametrize(

@@ -31,26 +31,12 @@ from crm_sms.models import Message, MessageStatus
 from crm_sms.polling import poll_statuses
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
-from tests.test_megafon_backend import Scripted
+from tests.fixtures_http import scripted_fixture  # noqa: F401 (the fixture `scripted`)
 
 LOGIN = "corp@uslugi"
 PASSWORD = "p<a&ss'w\"rd"  # XML's special characters must be escaped, never break the body
 S, D = SendStatus, DeliveryStatus
 XML = "text/xml; charset=utf-8"
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(answer):
-        server = Scripted(answer if callable(answer) else (lambda body: answer))
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 @pytest.fixture

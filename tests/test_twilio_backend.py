@@ -4,13 +4,10 @@ tables, transport failures, polling, the balance, the lookup, and the conformanc
 from __future__ import annotations
 
 import base64
-import json
 import re
 import socket
-import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -29,6 +26,7 @@ from crm_sms.conf import parse_sms_url
 from crm_sms.exceptions import ConfigurationError, ProviderError
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
+from tests.fixtures_http import scripted_servers
 
 S, D = SendStatus, DeliveryStatus
 SID = "AC" + "0123456789abcdef" * 2
@@ -63,67 +61,11 @@ def assert_no_credentials(*things):
 # --- a scripted server: each request answered by a function ---------------------------------
 
 
-class Scripted:
-    """Answers each request with ``answer(method, path, body)``: (status, dict or bytes), or
-    "drop" (the socket is closed unanswered). Records method, path, headers and body."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.requests: list[dict] = []
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                scripted.requests.append(
-                    {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-                    | {"body": body}
-                )
-                result = scripted.answer(self.command, self.path, body)
-                if result == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                status, payload = result
-                if isinstance(payload, dict):
-                    payload = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def scripted():
-    servers = []
-
-    def make(answer):
-        server = Scripted(answer if callable(answer) else (lambda *_: answer))
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
+    """``scripted(answer)``: a ScriptedServer answering ``answer(method, path, body)``."""
+    with scripted_servers(routed=True) as make:
+        yield make
 
 
 def created(sid="SM" + "1" * 32, status="queued", error_code=None):

@@ -181,6 +181,8 @@ class BaseBackend:
     )
     #: Whether ``balance()`` can ask the provider (set for a subclass that defines it).
     supports_balance: ClassVar[bool] = False
+    #: RATE_LIMIT (messages per second) when the configuration gives none; None: no limit.
+    default_rate_limit: ClassVar[float | None] = None
     #: The options an ``SMS_URL``'s user and password parts fill (None: the URL has none).
     url_user_option: ClassVar[str | None] = None
     url_password_option: ClassVar[str | None] = None
@@ -195,7 +197,8 @@ class BaseBackend:
             raise ConfigurationError(" ".join(p.msg for p in problems + rate_problems))
         #: Every declared option, converted, defaults filled in.
         self.options: dict[str, Any] = values
-        self.rate_limit: float | None = rate
+        #: What ``crm_sms.ratelimit`` holds the provider to (None: no limit).
+        self.rate_limit: float | None = rate if rate is not None else self.default_rate_limit
 
     # --- options -------------------------------------------------------------------------
     @classmethod

@@ -55,16 +55,16 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import CallbackError, ConfigurationError, ProviderError
+from ..phones import international_digits
 from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
 from .http import Answer, HTTPBackend, HTTPRequest
-from .options import Option, to_timezone
+from .options import AccountChecks, Option, to_timezone
 from .safexml import parse_date, parse_xml
 
 DEFAULT_BASE_URL = "https://a2p-sms-https.beeline.ru"
@@ -219,6 +219,13 @@ class BeelineBackend(HTTPBackend):
     )
     url_user_option = "user"
     url_password_option = "password"
+    account_checks = AccountChecks(
+        credentials=("user", "password"),
+        credentials_hint="Set {env}=beeline://USER:PASSWORD@a2p-sms-https.beeline.ru/"
+        "?sender=MyCompany (URL-encode special characters: %40 for @).",
+        plain_http_risk="the password travels unencrypted",
+        scheme="beeline",
+    )
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
@@ -232,10 +239,6 @@ class BeelineBackend(HTTPBackend):
             )
         has_path = urlsplit(self.base_url).path not in ("", "/")
         self.api_url = self.base_url.rstrip("/") + ("/" if has_path else API_PATH)
-
-    def secrets(self) -> list[str]:
-        # The login shows in status answers (AUL_USERNAME): redacted unless it is too short.
-        return [*super().secrets(), *([self.user] if len(self.user) >= 3 else [])]
 
     # --- validation ----------------------------------------------------------------------
     def validate_sender(self, sender: str) -> None:
@@ -263,13 +266,7 @@ class BeelineBackend(HTTPBackend):
         """Raise ValidationError when Beeline would refuse ``sms`` (sender, text, number)."""
         self.validate_sender(sms.sender or self.default_sender)
         self.validate_text(sms.text)
-        digits = sms.to.removeprefix("+")
-        if not (digits.isascii() and digits.isdigit() and 11 <= len(digits) <= 15):
-            raise ValidationError(
-                _("The number %(to)s is not in international format (+79001234212).")
-                % {"to": sms.to},
-                code="invalid_phone",
-            )
+        international_digits(sms.to)
 
     # --- sending -------------------------------------------------------------------------
     def split_batch(self, batch: list[OutgoingSMS]) -> list[list[int]]:
@@ -454,35 +451,6 @@ class BeelineBackend(HTTPBackend):
                 raw=fields,
             )
         ]
-
-    # --- configuration -------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), plain HTTP to a remote host (W011), a refused default
-        sender (E004)."""
-        problems = super().check()
-        missing = [name for name in ("user", "password") if not getattr(self, name)]
-        if missing:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the Beeline {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} missing.",
-                    hint=f"Set {self.env_variable}=beeline://USER:PASSWORD@a2p-sms-https."
-                    "beeline.ru/?sender=MyCompany (URL-encode special characters: %40 for @).",
-                    id="crm_sms.E010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: Beeline is reached over plain HTTP ({host}); the "
-                    "password travels unencrypted.",
-                    hint=f"Use beeline:// (HTTPS) in {self.env_variable}; beeline+http:// is "
-                    "for the local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
-        return problems
 
 
 def _field(prefix: str, key: str) -> str:

@@ -23,22 +23,25 @@ Options (all backends here): ``base_url``, ``pool_size`` (32), ``connect_timeout
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from django.core import checks
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import ConfigurationError, ProviderError
 from .base import BaseBackend, OutgoingSMS, SendResult, SendStatus
-from .options import Option, to_http_url
+from .options import AccountChecks, Option, to_http_url
 
 #: Characters of a non-JSON answer (or an exception text) kept in ``raw``.
 RAW_EXCERPT = 500
@@ -145,6 +148,10 @@ class HTTPBackend(BaseBackend):
     reads_error_answers: ClassVar[bool] = True
     failure_statuses: ClassVar[dict[str, tuple[SendStatus, str]]] = FAILURE_STATUSES
     failure_messages: ClassVar[dict[str, Any]] = FAILURE_MESSAGES
+    #: Whether the URL's user and password go as HTTP Basic auth (MegaFon, MTS, Twilio).
+    basic_auth: ClassVar[bool] = False
+    #: What ``check`` says about the account's settings (E010, W010, W011); None: nothing.
+    account_checks: ClassVar[AccountChecks | None] = None
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
@@ -155,6 +162,7 @@ class HTTPBackend(BaseBackend):
         self.ca_bundle: str = self.options["ca_bundle"]
         self.base_url = self._address(self.options["base_url"] or self.default_base_url)
         self.host = urlsplit(self.base_url).netloc
+        self._auth_header = self._basic_auth_header() if self.basic_auth else ""
         self.logger = logging.getLogger(type(self).__module__)
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
@@ -175,6 +183,12 @@ class HTTPBackend(BaseBackend):
             if option and value and not self.options.get(option):
                 self.options[option] = value
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    def _basic_auth_header(self) -> str:
+        user = self.options.get(self.url_user_option or "", "")
+        password = self.options.get(self.url_password_option or "", "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return f"Basic {token}"
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -359,11 +373,27 @@ class HTTPBackend(BaseBackend):
             f" ({detail})" if detail else "",
         )
 
+    # --- configuration -------------------------------------------------------------------
+    def check(self) -> list[checks.CheckMessage]:
+        """The base's checks, then ``account_checks``: missing credentials (E010), no default
+        sender (W010), a remote host over plain HTTP (W011)."""
+        problems = super().check()
+        if self.account_checks is not None:
+            problems += self.account_checks.problems(self)
+        return problems
+
     # --- credentials ---------------------------------------------------------------------
     def secrets(self) -> list[str]:
-        """What never leaves the backend: the secret options' values and a proxy password."""
+        """What never leaves the backend: the secret options' values, the URL's user (a login
+        shows in answers and URLs; one under 3 characters would mangle other text, so it is
+        left), the Basic auth token and a proxy password."""
         table = self.option_table()
         values = [str(v) for k, v in self.options.items() if v and k in table and table[k].secret]
+        user = str(self.options.get(self.url_user_option or "") or "")
+        if len(user) >= 3:
+            values.append(user)
+        if self._auth_header:
+            values.append(self._auth_header.removeprefix("Basic "))
         proxy_password = urlsplit(self.proxy).password if self.proxy else None
         return values + ([proxy_password] if proxy_password else [])
 
@@ -418,6 +448,9 @@ class HTTPBackend(BaseBackend):
         else:
             session.proxies = requests.utils.get_environ_proxies(self.base_url)
         session.headers["User-Agent"] = "crm-sms"
+        if self._auth_header:
+            # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
+            session.auth = BasicAuth(self._auth_header)
         self.configure_session(session)
         return session
 
@@ -447,6 +480,32 @@ class BasicAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return "<BasicAuth ***>"
+
+
+def requests_by_key(
+    batch: list[OutgoingSMS],
+    key: Callable[[OutgoingSMS], Hashable],
+    number: Callable[[OutgoingSMS], str],
+    size: int,
+) -> list[list[int]]:
+    """Indexes of ``batch`` per request, for a provider that answers per number: messages of
+    one ``key`` (a sender, a text) each, up to ``size``, no ``number`` twice in one (answers
+    to a repeated number could not be told apart). A message joins the first request of its
+    key with room; requests come in the order they were started."""
+    requests_: list[list[int]] = []
+    open_requests: dict[Hashable, list[tuple[list[int], set[str]]]] = {}
+    for index, sms in enumerate(batch):
+        group, phone = key(sms), number(sms)
+        for items, phones in open_requests.setdefault(group, []):
+            if len(items) < size and phone not in phones:
+                items.append(index)
+                phones.add(phone)
+                break
+        else:
+            items = [index]
+            open_requests[group].append((items, {phone}))
+            requests_.append(items)
+    return requests_
 
 
 def transport_failure_kind(exc: requests.RequestException) -> str:

@@ -13,15 +13,12 @@ explains them. The transport (timeouts, TLS, 5xx, scrubbing credentials) is ``HT
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils import timezone
@@ -29,6 +26,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import CallbackError
+from ..phones import international_digits
 from .base import (
     DeliveryReport,
     DeliveryStatus,
@@ -37,8 +35,8 @@ from .base import (
     SendResult,
     SendStatus,
 )
-from .http import JSON_CONTENT_TYPE, Answer, BasicAuth, HTTPBackend, HTTPRequest
-from .options import Option, to_timezone
+from .http import JSON_CONTENT_TYPE, Answer, HTTPBackend, HTTPRequest
+from .options import AccountChecks, Option, to_timezone
 
 DEFAULT_BASE_URL = "https://a2p-api.megalabs.ru"
 SEND_PATH = "/sms/v1/sms"
@@ -239,6 +237,16 @@ class MegafonBackend(HTTPBackend):
     )
     url_user_option = "login"
     url_password_option = "password"
+    basic_auth = True
+    account_checks = AccountChecks(
+        credentials=("login", "password"),
+        credentials_hint="Set {env}=megafon://LOGIN:PASSWORD@a2p-api.megalabs.ru/?sender=MyCompany "
+        "(URL-encode special characters of the password: %40 for @, %3A for :).",
+        sender_hint="Add ?sender=YourName (the name in your MegaFon contract, at most 11 Latin "
+        "characters) to {env}.",
+        plain_http_risk="the password travels unencrypted",
+        scheme="megafon",
+    )
     failure_messages = FAILURE_MESSAGES
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
@@ -247,17 +255,8 @@ class MegafonBackend(HTTPBackend):
         self.password: str = self.options["password"]
         self.receipt_timezone = self.options["receipt_timezone"]
         self.send_url = self.base_url + SEND_PATH
-        token = base64.b64encode(f"{self.login}:{self.password}".encode()).decode("ascii")
-        self._auth_header = f"Basic {token}"
-
-    def secrets(self) -> list[str]:
-        # The login is redacted too, unless it is so short that it would mangle other text.
-        login = [self.login] if len(self.login) >= 3 else []
-        return [*super().secrets(), self._auth_header.removeprefix("Basic "), *login]
 
     def configure_session(self, session: requests.Session) -> None:
-        # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
-        session.auth = BasicAuth(self._auth_header)
         session.headers.update({"Content-Type": JSON_CONTENT_TYPE, "Accept": "application/json"})
 
     # --- validation ----------------------------------------------------------------------
@@ -314,13 +313,7 @@ class MegafonBackend(HTTPBackend):
         sender = sms.sender or self.default_sender
         self.validate_sender(sender)
         self.validate_text(sms.text)
-        digits = sms.to[1:] if sms.to.startswith("+") else sms.to
-        if not (digits.isdigit() and digits.isascii() and 11 <= len(digits) <= 15):
-            raise ValidationError(
-                _("The number %(to)s is not in international format (+79001234212).")
-                % {"to": sms.to},
-                code="invalid_phone",
-            )
+        digits = international_digits(sms.to)
         if not MSG_ID_RE.fullmatch(sms.msg_id or ""):
             raise ValidationError(
                 _("The message id %(msg_id)r does not fit MegaFon's rule [A-Za-z0-9_:-]{1,16}.")
@@ -427,46 +420,6 @@ class MegafonBackend(HTTPBackend):
             delivered_at=delivered_at,
             raw=item,
         )
-
-    # --- configuration -------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), a missing (W010) or refused (E004) sender, plain HTTP
-        to a remote host (W011)."""
-        problems = super().check()
-        example = "megafon://LOGIN:PASSWORD@a2p-api.megalabs.ru/?sender=MyCompany"
-        missing = [name for name in ("login", "password") if not getattr(self, name)]
-        if missing:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the MegaFon {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} missing.",
-                    hint=f"Set {self.env_variable}={example} (URL-encode special characters "
-                    "of the password: %40 for @, %3A for :).",
-                    id="crm_sms.E010",
-                )
-            )
-        if not self.default_sender:
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: no default sender name; every send must pass "
-                    "sender=… or MegaFon refuses it.",
-                    hint=f"Add ?sender=YourName (the name in your MegaFon contract, at most 11 "
-                    f"Latin characters) to {self.env_variable}.",
-                    id="crm_sms.W010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: MegaFon is reached over plain HTTP ({host}); the "
-                    "password travels unencrypted.",
-                    hint=f"Use megafon:// (HTTPS) in {self.env_variable}; megafon+http:// is "
-                    "for the local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
-        return problems
 
 
 def _result_code(data: Any) -> int | None:

@@ -41,22 +41,20 @@ internal error codes of failed events (kept as numbers) and the zone of ``event_
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
-from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import requests
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import ProviderError
+from ..phones import international_digits
 from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
-from .http import JSON_CONTENT_TYPE, Answer, BasicAuth, HTTPBackend, HTTPRequest
-from .options import Option, to_timezone
+from .http import JSON_CONTENT_TYPE, Answer, HTTPBackend, HTTPRequest
+from .options import AccountChecks, Option, to_timezone
 
 DEFAULT_BASE_URL = "https://omnichannel.mts.ru"
 SEND_PATH = "/http-api/v1/messages"
@@ -139,8 +137,7 @@ class MtsBackend(HTTPBackend):
     max_batch_size = MAX_BATCH_SIZE
     report_window = 24 * 3600
     default_base_url = DEFAULT_BASE_URL
-    #: RATE_LIMIT when the configuration gives none (MTS's 10 SMS per second).
-    default_rate_limit: ClassVar[float] = DEFAULT_RATE_LIMIT
+    default_rate_limit = DEFAULT_RATE_LIMIT  # MTS's 10 SMS per second
     declared_options = (
         Option(
             "login", str, "", "the integration login of the Marketolog cabinet (the URL's user)"
@@ -151,24 +148,25 @@ class MtsBackend(HTTPBackend):
     )
     url_user_option = "login"
     url_password_option = "password"
+    basic_auth = True
+    account_checks = AccountChecks(
+        credentials=("login", "password"),
+        credentials_hint="Set {env}=mts://LOGIN:PASSWORD@omnichannel.mts.ru/?sender=MyCompany "
+        "(URL-encode special characters of the password: %40 for @, %3A for :).",
+        provider="MTS",
+        sender_hint="Add ?sender=YourName (approved in the Marketolog cabinet) to {env}.",
+        plain_http_risk="the password travels unencrypted",
+        scheme="mts",
+    )
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
-        if self.rate_limit is None:
-            self.rate_limit = self.default_rate_limit
         self.login: str = self.options["login"]
         self.password: str = self.options["password"]
         self.batch_from: int = self.options["batch_from"]
         self.event_timezone = self.options["event_timezone"]
-        token = base64.b64encode(f"{self.login}:{self.password}".encode()).decode("ascii")
-        self._auth_header = f"Basic {token}"
-
-    def secrets(self) -> list[str]:
-        login = [self.login] if len(self.login) >= 3 else []
-        return [*super().secrets(), self._auth_header.removeprefix("Basic "), *login]
 
     def configure_session(self, session: requests.Session) -> None:
-        session.auth = BasicAuth(self._auth_header)
         session.headers.update({"Content-Type": JSON_CONTENT_TYPE, "Accept": "application/json"})
 
     # --- validation ----------------------------------------------------------------------
@@ -210,13 +208,7 @@ class MtsBackend(HTTPBackend):
         entries = []
         for sms in messages:
             self.validate_text(sms.text)
-            digits = _digits(sms.to)
-            if not (digits.isdigit() and digits.isascii() and 11 <= len(digits) <= 15):
-                raise ValidationError(
-                    _("The number %(to)s is not in international format (+79001234212).")
-                    % {"to": sms.to},
-                    code="invalid_phone",
-                )
+            digits = international_digits(sms.to)
             entries.append(
                 {
                     "content": {"short_text": sms.text},
@@ -356,46 +348,6 @@ class MtsBackend(HTTPBackend):
         if when.tzinfo is None:
             when = when.replace(tzinfo=self.event_timezone)
         return when.astimezone(UTC)
-
-    # --- configuration -------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), no default sender (W010), plain HTTP to a remote host
-        (W011), a refused default sender (E004)."""
-        problems = super().check()
-        example = "mts://LOGIN:PASSWORD@omnichannel.mts.ru/?sender=MyCompany"
-        missing = [name for name in ("login", "password") if not getattr(self, name)]
-        if missing:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the MTS {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} missing.",
-                    hint=f"Set {self.env_variable}={example} (URL-encode special characters "
-                    "of the password: %40 for @, %3A for :).",
-                    id="crm_sms.E010",
-                )
-            )
-        if not self.default_sender:
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: no default sender name; every send must pass "
-                    "sender=… or MTS refuses it.",
-                    hint=f"Add ?sender=YourName (approved in the Marketolog cabinet) to "
-                    f"{self.env_variable}.",
-                    id="crm_sms.W010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: MTS is reached over plain HTTP ({host}); the "
-                    "password travels unencrypted.",
-                    hint=f"Use mts:// (HTTPS) in {self.env_variable}; mts+http:// is for the "
-                    "local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
-        return problems
 
 
 def latest_event(entry: dict[str, Any]) -> dict[str, Any] | None:

@@ -171,3 +171,79 @@ def read_rate_limit(value: Any, env: str) -> tuple[float | None, list[checks.Che
         {"rate_limit": RATE_LIMIT}, {"rate_limit": value}, env=env, owner=""
     )
     return values["rate_limit"] or None, problems
+
+
+#: W011 leaves these hosts alone: plain HTTP to them is the local sandbox.
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class AccountChecks:
+    """What ``HTTPBackend.check`` says about a provider's account settings, as data: missing
+    credentials (``crm_sms.E010``), no default sender (``W010``), a remote host reached over
+    plain HTTP (``W011``). In the texts ``{alias}`` is the provider's alias, ``{env}`` its
+    variable and ``{provider}`` ``provider``."""
+
+    #: The options E010 wants set (the URL's user and password parts).
+    credentials: tuple[str, ...]
+    #: E010's hint, e.g. "Set {env}=megafon://LOGIN:PASSWORD@host/?sender=MyCompany".
+    credentials_hint: str
+    #: The provider's name in the texts ("" for the backend's ``display_name``).
+    provider: str = ""
+    #: E010's whole text for a provider that does not name the missing options one by one.
+    credentials_message: str = ""
+    #: W010's hint; "" turns W010 off (the provider has a default sender name).
+    sender_hint: str = ""
+    sender_message: str = (
+        "Provider {alias!r}: no default sender name; every send must pass sender=… or "
+        "{provider} refuses it."
+    )
+    #: W010 comes when none of these options is set.
+    sender_options: tuple[str, ...] = ("sender",)
+    #: What W011 says travels unencrypted; "" turns W011 off.
+    plain_http_risk: str = ""
+    #: The URL scheme W011's hint names (``megafon://``, ``megafon+http://``).
+    scheme: str = ""
+
+    def problems(self, backend: Any) -> list[checks.CheckMessage]:
+        """E010, W010 and W011 for ``backend`` (an ``HTTPBackend``), in that order."""
+        values = {
+            "alias": backend.alias,
+            "env": backend.env_variable,
+            "provider": self.provider or backend.display_name,
+        }
+        problems: list[checks.CheckMessage] = []
+        missing = [name for name in self.credentials if not backend.options.get(name)]
+        if missing:
+            message = self.credentials_message or (
+                "Provider {alias!r}: the {provider} "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing."
+            )
+            problems.append(
+                checks.Error(
+                    message.format(**values),
+                    hint=self.credentials_hint.format(**values),
+                    id="crm_sms.E010",
+                )
+            )
+        if self.sender_hint and not any(backend.options.get(o) for o in self.sender_options):
+            problems.append(
+                checks.Warning(
+                    self.sender_message.format(**values),
+                    hint=self.sender_hint.format(**values),
+                    id="crm_sms.W010",
+                )
+            )
+        host = urlsplit(backend.base_url).hostname or ""
+        remote = backend.base_url.startswith("http://") and host not in _LOOPBACK_HOSTS
+        if self.plain_http_risk and remote:
+            problems.append(
+                checks.Warning(
+                    f"Provider {backend.alias!r}: {values['provider']} is reached over plain "
+                    f"HTTP ({host}); {self.plain_http_risk}.",
+                    hint=f"Use {self.scheme}:// (HTTPS) in {backend.env_variable}; "
+                    f"{self.scheme}+http:// is for the local sandbox.",
+                    id="crm_sms.W011",
+                )
+            )
+        return problems

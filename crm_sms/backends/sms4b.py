@@ -41,15 +41,15 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import ProviderError
+from ..phones import international_digits
 from .base import DeliveryReport, DeliveryStatus, OutgoingSMS, RetrySafety, SendResult, SendStatus
 from .http import Answer, HTTPBackend, HTTPRequest
-from .options import Option
+from .options import AccountChecks, Option
 from .safexml import parse_xml
 
 DEFAULT_BASE_URL = "https://sms4b.ru"
@@ -138,6 +138,16 @@ class Sms4bBackend(HTTPBackend):
     )
     url_user_option = "login"
     url_password_option = "password"
+    account_checks = AccountChecks(
+        credentials=("login", "password"),
+        credentials_hint="Set {env}=sms4b://LOGIN:PASSWORD@sms4b.ru/?sender=MyCompany "
+        "(URL-encode special characters: %40 for @).",
+        sender_message="Provider {alias!r}: no default sender name; every send must pass "
+        "sender=... or SMS4B refuses it (-66).",
+        sender_hint="Add ?sender=YourName (a name registered at SMS4B) to {env}.",
+        plain_http_risk="the password travels unencrypted",
+        scheme="sms4b",
+    )
     # SMS4B's codes come in <string> at HTTP 200; any other status is judged by itself.
     reads_error_answers = False
 
@@ -148,9 +158,6 @@ class Sms4bBackend(HTTPBackend):
         self.max_text_length: int = self.options["max_text_length"]
         has_path = urlsplit(self.base_url).path not in ("", "/")
         self.service_url = self.base_url.rstrip("/") + ("" if has_path else SERVICE_PATH)
-
-    def secrets(self) -> list[str]:
-        return [*super().secrets(), *([self.login] if len(self.login) >= 3 else [])]
 
     def method_url(self, method: str) -> str:
         return f"{self.service_url}/{method}"
@@ -187,13 +194,7 @@ class Sms4bBackend(HTTPBackend):
         sender = sms.sender or self.default_sender
         self.validate_sender(sender)
         self.validate_text(sms.text)
-        digits = sms.to.removeprefix("+")
-        if not (digits.isascii() and digits.isdigit() and 11 <= len(digits) <= 15):
-            raise ValidationError(
-                _("The number %(to)s is not in international format (+79001234212).")
-                % {"to": sms.to},
-                code="invalid_phone",
-            )
+        digits = international_digits(sms.to)
         fields = [*self.auth_fields(), ("Source", sender), ("Phone", digits), ("Text", sms.text)]
         return HTTPRequest(self.method_url("SendTXT"), data=fields)
 
@@ -252,42 +253,3 @@ class Sms4bBackend(HTTPBackend):
             result = SendResult(status, error_code=str(number), error_message=message, raw=text)
             raise ProviderError(message, self.scrub(result))
         return number
-
-    # --- configuration -------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), no default sender (W010), plain HTTP to a remote host
-        (W011), a refused default sender (E004)."""
-        problems = super().check()
-        missing = [name for name in ("login", "password") if not getattr(self, name)]
-        if missing:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the SMS4B {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} missing.",
-                    hint=f"Set {self.env_variable}=sms4b://LOGIN:PASSWORD@sms4b.ru/?sender="
-                    "MyCompany (URL-encode special characters: %40 for @).",
-                    id="crm_sms.E010",
-                )
-            )
-        if not self.default_sender:
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: no default sender name; every send must pass "
-                    "sender=... or SMS4B refuses it (-66).",
-                    hint=f"Add ?sender=YourName (a name registered at SMS4B) to "
-                    f"{self.env_variable}.",
-                    id="crm_sms.W010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: SMS4B is reached over plain HTTP ({host}); the "
-                    "password travels unencrypted.",
-                    hint=f"Use sms4b:// (HTTPS) in {self.env_variable}; sms4b+http:// is for "
-                    "the local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
-        return problems

@@ -61,7 +61,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, QueryDict
 from django.utils.translation import gettext
@@ -77,8 +76,8 @@ from .base import (
     SendResult,
     SendStatus,
 )
-from .http import Answer, HTTPBackend, HTTPRequest
-from .options import Option
+from .http import Answer, HTTPBackend, HTTPRequest, requests_by_key
+from .options import AccountChecks, Option
 from .smsc_codes import (  # the tables are re-exported: SMSC's facts, by its module name
     NOT_FOUND,
     SEND_ERRORS,  # noqa: F401
@@ -143,6 +142,12 @@ class SmscBackend(HTTPBackend):
     )
     url_user_option = "login"
     url_password_option = "password"
+    account_checks = AccountChecks(
+        credentials=("login", "password"),
+        credentials_message="Provider {alias!r} (SMSC) has no login or password.",
+        credentials_hint="Set {env}=smsc://LOGIN:PASSWORD@smsc.ru/?sender=MyCompany "
+        "(URL-encode special characters of the password).",
+    )
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
@@ -153,10 +158,6 @@ class SmscBackend(HTTPBackend):
         self.max_batch_size = min(self.options["batch_size"], MAX_BATCH)
         if self.max_batch_size > 1:
             self.retry_safety = RetrySafety.NONE  # type: ignore[misc]
-
-    def secrets(self) -> list[str]:
-        login = [self.login] if len(self.login) >= 3 else []
-        return [*super().secrets(), self.callback_secret, *login]
 
     def _auth(self) -> list[tuple[str, str]]:
         return [("login", self.login), ("psw", self.password), ("fmt", "3")]
@@ -170,21 +171,12 @@ class SmscBackend(HTTPBackend):
     # --- sending -------------------------------------------------------------------------
     def split_batch(self, batch: list[OutgoingSMS]) -> list[list[int]]:
         """Requests of one sender and one text, up to ``batch_size`` phones, no phone twice."""
-        requests_: list[list[int]] = []
-        open_requests: dict[tuple[str, str], list[tuple[list[int], set[str]]]] = {}
-        for index, sms in enumerate(batch):
-            key = (sms.sender or self.default_sender, sms.text)
-            phone = _digits(sms.to)
-            for items, phones in open_requests.setdefault(key, []):
-                if len(items) < self.max_batch_size and phone not in phones:
-                    items.append(index)
-                    phones.add(phone)
-                    break
-            else:
-                items = [index]
-                open_requests[key].append((items, {phone}))
-                requests_.append(items)
-        return requests_
+        return requests_by_key(
+            batch,
+            key=lambda sms: (sms.sender or self.default_sender, sms.text),
+            number=lambda sms: _digits(sms.to),
+            size=self.max_batch_size,
+        )
 
     def build_request(self, messages: list[OutgoingSMS]) -> HTTPRequest:
         """One form POST to send.php: the messages share the text, the sender and the id of
@@ -426,19 +418,6 @@ class SmscBackend(HTTPBackend):
                 ),
                 code="invalid_sender",
             )
-
-    def check(self) -> list[checks.CheckMessage]:
-        problems = super().check()
-        if not (self.login and self.password):
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r} (SMSC) has no login or password.",
-                    hint=f"Set {self.env_variable}=smsc://LOGIN:PASSWORD@smsc.ru/?sender=MyCompany "
-                    "(URL-encode special characters of the password).",
-                    id="crm_sms.E010",
-                )
-            )
-        return problems
 
 
 def _form(request: HttpRequest) -> tuple[Any, str]:

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext
@@ -40,8 +39,8 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import CallbackError, CallbackForbidden, ConfigurationError, ProviderError
 from .base import Balance, DeliveryReport, DeliveryStatus, OutgoingSMS, SendResult, SendStatus
-from .http import Answer, HTTPBackend, HTTPRequest
-from .options import Option
+from .http import Answer, HTTPBackend, HTTPRequest, requests_by_key
+from .options import AccountChecks, Option
 
 DEFAULT_BASE_URL = "https://sms.ru"
 MAX_RECIPIENTS = 100
@@ -162,6 +161,11 @@ class SmsRuBackend(HTTPBackend):
         Option("timeout", float, None, "the older name of read_timeout", minimum=0.001),
     )
     url_user_option = "api_id"
+    account_checks = AccountChecks(
+        credentials=("api_id",),
+        credentials_message="Provider {alias!r} (SMS.RU) has no api_id.",
+        credentials_hint="Set {env}=smsru://API_ID@sms.ru/?sender=MyCompany",
+    )
     reads_error_answers = False
     failure_statuses = FAILURE_STATUSES
     failure_messages = FAILURE_MESSAGES
@@ -187,21 +191,12 @@ class SmsRuBackend(HTTPBackend):
     def split_batch(self, batch: list[OutgoingSMS]) -> list[list[int]]:
         """Requests of one sender each, at most 100 numbers, no number twice (SMS.RU answers
         per number, so a repeated number could not be told apart)."""
-        requests_: list[list[int]] = []
-        open_requests: dict[str, list[tuple[list[int], set[str]]]] = {}
-        for index, sms in enumerate(batch):
-            sender = sms.sender or self.default_sender
-            phone = _digits(sms.to)
-            for items, phones in open_requests.setdefault(sender, []):
-                if len(items) < MAX_RECIPIENTS and phone not in phones:
-                    items.append(index)
-                    phones.add(phone)
-                    break
-            else:
-                items = [index]
-                open_requests[sender].append((items, {phone}))
-                requests_.append(items)
-        return requests_
+        return requests_by_key(
+            batch,
+            key=lambda sms: sms.sender or self.default_sender,
+            number=lambda sms: _digits(sms.to),
+            size=MAX_RECIPIENTS,
+        )
 
     def build_request(self, messages: list[OutgoingSMS]) -> HTTPRequest:
         """A form POST to /sms/send: one ``to`` list and ``msg`` when the texts are the same,
@@ -369,17 +364,6 @@ class SmsRuBackend(HTTPBackend):
         return HttpResponse("100", content_type="text/plain")
 
     # --- housekeeping --------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        problems = super().check()
-        if not self.api_id:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r} (SMS.RU) has no api_id.",
-                    hint=f"Set {self.env_variable}=smsru://API_ID@sms.ru/?sender=MyCompany",
-                    id="crm_sms.E010",
-                )
-            )
-        return problems
 
     def validate_sender(self, sender: str) -> None:
         """SMS.RU's sender names: up to 11 Latin letters, digits and ``-_. `` (or a number)."""

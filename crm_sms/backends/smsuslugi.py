@@ -38,16 +38,15 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from django.core import checks
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import ProviderError
+from ..phones import international_digits
 from .base import (
     Balance,
     DeliveryReport,
@@ -58,7 +57,7 @@ from .base import (
     SendStatus,
 )
 from .http import Answer, HTTPBackend, HTTPRequest
-from .options import Option
+from .options import AccountChecks, Option
 from .safexml import parse_xml
 
 DEFAULT_BASE_URL = "https://lcab.sms-uslugi.ru"
@@ -190,6 +189,13 @@ class SmsUslugiBackend(HTTPBackend):
     )
     url_user_option = "login"
     url_password_option = "password"
+    account_checks = AccountChecks(
+        credentials=("login", "password"),
+        credentials_hint="Set {env}=smsuslugi://LOGIN:PASSWORD@lcab.sms-uslugi.ru/"
+        "?sender=MyCompany (URL-encode special characters of the password).",
+        plain_http_risk="the password travels unencrypted in every request",
+        scheme="smsuslugi",
+    )
 
     def __init__(self, alias: str = "default", options: dict[str, Any] | None = None, **kwargs):
         super().__init__(alias, options, **kwargs)
@@ -257,13 +263,7 @@ class SmsUslugiBackend(HTTPBackend):
         sender = sms.sender or self.default_sender
         self.validate_sender(sender)
         self.validate_text(sms.text)
-        digits = sms.to.removeprefix("+")
-        if not (digits.isdigit() and digits.isascii() and 11 <= len(digits) <= 15):
-            raise ValidationError(
-                _("The number %(to)s is not in international format (+79001234212).")
-                % {"to": sms.to},
-                code="invalid_phone",
-            )
+        digits = international_digits(sms.to)
         if not (sms.msg_id and len(sms.msg_id) <= SMSID_MAX_LENGTH and sms.msg_id.isalnum()):
             raise ValidationError(
                 _(
@@ -381,35 +381,6 @@ class SmsUslugiBackend(HTTPBackend):
                 S.ACCEPTED, provider_message_id=sms.msg_id, raw=self.redact(element_dict(root))
             )
         return None
-
-    # --- configuration -------------------------------------------------------------------
-    def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), plain HTTP to a remote host (W011), a refused default
-        sender (E004)."""
-        problems = super().check()
-        missing = [name for name in ("login", "password") if not getattr(self, name)]
-        if missing:
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the SMS-Uslugi {' and '.join(missing)} "
-                    f"{'is' if len(missing) == 1 else 'are'} missing.",
-                    hint=f"Set {self.env_variable}=smsuslugi://LOGIN:PASSWORD@lcab.sms-uslugi.ru/"
-                    "?sender=MyCompany (URL-encode special characters of the password).",
-                    id="crm_sms.E010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: SMS-Uslugi is reached over plain HTTP ({host}); "
-                    "the password travels unencrypted in every request.",
-                    hint=f"Use smsuslugi:// (HTTPS) in {self.env_variable}; smsuslugi+http:// "
-                    "is for the local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
-        return problems
 
 
 def _int(value: Any) -> int | None:

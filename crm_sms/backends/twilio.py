@@ -70,8 +70,8 @@ from .base import (
     SendStatus,
 )
 from .http import FAILURE_MESSAGES as HTTP_FAILURE_MESSAGES
-from .http import Answer, BasicAuth, HTTPBackend, HTTPRequest
-from .options import Option
+from .http import Answer, HTTPBackend, HTTPRequest
+from .options import AccountChecks, Option
 from .twilio_codes import classify_error, code_number, report_fields
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
@@ -163,6 +163,19 @@ class TwilioBackend(HTTPBackend):
     )
     url_user_option = "account_sid"
     url_password_option = "auth_token"
+    basic_auth = True
+    account_checks = AccountChecks(
+        credentials=("account_sid", "auth_token"),
+        credentials_message="Provider {alias!r}: the Twilio Account SID or auth token is missing.",
+        credentials_hint="Set {env}=twilio://ACCOUNT_SID:AUTH_TOKEN@api.twilio.com/"
+        "?sender=%2B15005550006",
+        sender_options=("sender", "messaging_service_sid"),
+        sender_message="Provider {alias!r}: no default sender and no Messaging Service; every "
+        "send must pass sender=… or Twilio refuses it (21603).",
+        sender_hint="Add ?sender=%2B15005550006 or ?messaging_service_sid=MG… to {env}.",
+        plain_http_risk="the auth token travels unencrypted",
+        scheme="twilio",
+    )
     failure_messages = FAILURE_MESSAGES
     #: ``query_status`` is bound to ``fetch_statuses`` when the ``poll`` option is on.
     query_status = None
@@ -173,20 +186,10 @@ class TwilioBackend(HTTPBackend):
         self.auth_token: str = self.options["auth_token"]
         self.messaging_service_sid: str = self.options["messaging_service_sid"]
         self.api_url = self.base_url + API_PATH.format(sid=quote(self.account_sid, safe=""))
-        token = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        self._auth_header = f"Basic {token}"
         if self.options["poll"]:
             self.query_status = self.fetch_statuses
 
-    def secrets(self) -> list[str]:
-        # The Account SID too (it is the Basic user and in every URL), unless it is so short
-        # that replacing it would mangle other text.
-        sid = [self.account_sid] if len(self.account_sid) >= 3 else []
-        return [*super().secrets(), self._auth_header.removeprefix("Basic "), *sid]
-
     def configure_session(self, session: requests.Session) -> None:
-        # An auth object, not a header, so a ~/.netrc entry cannot replace the credentials.
-        session.auth = BasicAuth(self._auth_header)
         session.headers["Accept"] = "application/json"
 
     # --- validation ----------------------------------------------------------------------
@@ -453,41 +456,11 @@ class TwilioBackend(HTTPBackend):
 
     # --- configuration -------------------------------------------------------------------
     def check(self) -> list[checks.CheckMessage]:
-        """Missing credentials (E010), no sender nor Messaging Service (W010), plain HTTP to a
-        remote host (W011), no way to learn delivery statuses (W012)."""
+        """The account checks (E010, W010 with the Messaging Service as a sender, W011), then
+        no way to learn delivery statuses (W012)."""
         from .. import conf
 
         problems = super().check()
-        example = "twilio://ACCOUNT_SID:AUTH_TOKEN@api.twilio.com/?sender=%2B15005550006"
-        if not (self.account_sid and self.auth_token):
-            problems.append(
-                checks.Error(
-                    f"Provider {self.alias!r}: the Twilio Account SID or auth token is missing.",
-                    hint=f"Set {self.env_variable}={example}",
-                    id="crm_sms.E010",
-                )
-            )
-        if not (self.default_sender or self.messaging_service_sid):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: no default sender and no Messaging Service; "
-                    "every send must pass sender=… or Twilio refuses it (21603).",
-                    hint=f"Add ?sender=%2B15005550006 or ?messaging_service_sid=MG… to "
-                    f"{self.env_variable}.",
-                    id="crm_sms.W010",
-                )
-            )
-        host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                checks.Warning(
-                    f"Provider {self.alias!r}: Twilio is reached over plain HTTP ({host}); the "
-                    "auth token travels unencrypted.",
-                    hint=f"Use twilio:// (HTTPS) in {self.env_variable}; twilio+http:// is for "
-                    "the local sandbox.",
-                    id="crm_sms.W011",
-                )
-            )
         if not (self.query_status or (conf.get_setting("PUBLIC_URL") and conf.callback_tokens())):
             problems.append(
                 checks.Warning(

@@ -122,6 +122,10 @@ class ProviderEmulator:
     realm: ClassVar[str] = "sandbox"  # of the 401's WWW-Authenticate
     delivered_status: ClassVar[str] = "delivered"  # a message's status after its report
     failed_status: ClassVar[str] = "undelivered"
+    #: Where reports go for a provider that takes one URL from the account's settings (SMS.RU,
+    #: SMSC, Beeline: set ``sandbox.provider.callback_url``); None: no callbacks. Its
+    #: accepted messages carry it as their ``callback_url``; the others take it per message.
+    callback_url: str | None = None
 
     def __init__(self, sandbox: SandboxServer):
         self.sandbox = sandbox
@@ -162,6 +166,25 @@ class ProviderEmulator:
             {"error": "unauthorized"},
             headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
         )
+
+    # --- delivery ------------------------------------------------------------------------
+    def final_status(self, delivered: bool) -> str:
+        """``delivered_status`` or ``failed_status``."""
+        return self.delivered_status if delivered else self.failed_status
+
+    def finish(self, message: dict[str, Any], delivered: bool) -> None:
+        """Give ``message`` its final status (what tests call to steer polling)."""
+        message["status"] = self.final_status(delivered)
+
+    def settle(self, message: dict[str, Any], pending: bool) -> None:
+        """Polling's view of a report nobody posts: a ``pending`` message (still on its way)
+        is finished, delivered by ``deliver_rate``, once ``callback_delay`` has passed, when
+        reports are on and the message has no callback URL to post its report to."""
+        sandbox = self.sandbox
+        if not (pending and sandbox.callbacks) or message.get("callback_url"):
+            return
+        if time.time() >= message["accepted_at"] + float(sandbox.callback_delay or 0):
+            self.finish(message, sandbox._random.random() < sandbox.deliver_rate)
 
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """The report the provider posts for an accepted ``message``."""

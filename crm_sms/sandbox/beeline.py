@@ -34,7 +34,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 from xml.sax.saxutils import escape, quoteattr
 from zoneinfo import ZoneInfo
 
@@ -108,8 +108,6 @@ class BeelineEmulator(ProviderEmulator):
 
     def __init__(self, sandbox):
         super().__init__(sandbox)
-        #: Where status callbacks go (the cabinet's setting); None: no callbacks.
-        self.callback_url: str | None = None
         #: Seconds in which the same text to the same number is refused (20167); 0: never.
         self.duplicate_window: float = 0.0
         self._ids = itertools.count(secrets.randbelow(10**6) * 10**11)
@@ -117,14 +115,6 @@ class BeelineEmulator(ProviderEmulator):
     @property
     def api(self) -> str:
         return "GET/POST /proto/http/"
-
-    def sms_url(self, sender: str) -> str:
-        sandbox = self.sandbox
-        return (
-            f"{self.scheme}+http://{quote(sandbox.login, safe='')}:"
-            f"{quote(sandbox.password, safe='')}@{sandbox.host}:{sandbox.port}/"
-            f"?sender={quote(sender, safe='')}"
-        )
 
     def authenticate(self, request: RecordedRequest) -> Reply | None:
         fields = fields_of(request)
@@ -276,18 +266,13 @@ class BeelineEmulator(ProviderEmulator):
 
     def current_status(self, message: dict[str, Any]) -> str:
         """The message's code; settled by ``deliver_rate`` once due when nobody posts reports."""
-        sandbox = self.sandbox
-        due = message["accepted_at"] + float(sandbox.callback_delay or 0)
-        settles = sandbox.callbacks and not message.get("callback_url")
-        if message["status"] == "queued" and settles and time.time() >= due:
-            delivered = sandbox._random.random() < sandbox.deliver_rate
-            message["status"] = self.delivered_status if delivered else self.failed_status
+        self.settle(message, pending=message["status"] == "queued")
         return message["status"]
 
     # --- status callbacks ------------------------------------------------------------------
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """The form Beeline posts to the cabinet's callback URL."""
-        status = self.delivered_status if delivered else self.failed_status
+        status = self.final_status(delivered)
         return {
             "ORDID": message["id"],
             "CNRID": AGT_ID,

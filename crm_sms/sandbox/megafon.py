@@ -170,7 +170,7 @@ class MegafonEmulator(ProviderEmulator):
         return {
             "msg_id": message["msg_id"],
             "receipted_message_id": message["receipted_message_id"],
-            "status": self.delivered_status if delivered else self.failed_status,
+            "status": self.final_status(delivered),
             "short_message": smpp_receipt(
                 message["receipted_message_id"], delivered, message["accepted_at"], time.time()
             ),

@@ -159,7 +159,7 @@ class MtsEmulator(ProviderEmulator):
 
     def _history(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         """The message's events: 200 when it was accepted, then its final status, if any."""
-        self._settle(message)
+        self.settle(message, pending=message["status"] not in EVENT_STATUS)
         base = {
             "internal_id": message["internal_id"],
             "message_id": message["message_id"],
@@ -179,22 +179,15 @@ class MtsEmulator(ProviderEmulator):
             events.append(done)
         return events
 
-    def _settle(self, message: dict[str, Any]) -> None:
-        """With reports on, a message still on its way gets its final status once
-        ``callback_delay`` has passed (there is no callback to post)."""
-        sandbox = self.sandbox
-        if message["status"] in EVENT_STATUS or not sandbox.callbacks:
-            return
-        if time.time() - message["accepted_at"] < float(sandbox.callback_delay or 0):
-            return
-        delivered = sandbox._random.random() < sandbox.deliver_rate
+    def finish(self, message: dict[str, Any], delivered: bool) -> None:
+        """The final status and when it came (the final event's ``event_at``)."""
         message["done_at"] = time.time()
-        message["status"] = DELIVERED if delivered else UNDELIVERED
+        super().finish(message, delivered)
 
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """What messages/info shows for ``message`` once it is final (MTS posts no report
         here: its callbacks are set up in the cabinet, and this backend polls)."""
-        status = DELIVERED if delivered else UNDELIVERED
+        status = self.final_status(delivered)
         return {
             "key": message["internal_id"],
             "events_info": self._history({**message, "status": status}),

@@ -121,7 +121,7 @@ class ReportPoster:
             if attempt < attempts and sandbox._stopping.wait(0.2 * 2 ** (attempt - 1)):
                 break
         outcome.update(status=status, attempts=attempt)
-        message["status"] = provider.delivered_status if delivered else provider.failed_status
+        message["status"] = provider.final_status(delivered)
         with self.idle:
             sandbox.callbacks_sent.append(outcome)
             self.idle.notify_all()

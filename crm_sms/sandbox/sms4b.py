@@ -137,13 +137,12 @@ class Sms4bEmulator(ProviderEmulator):
 
     def current_status(self, message: dict[str, Any]) -> str:
         """The message's number; settled by ``deliver_rate`` once due when reports are on."""
-        sandbox = self.sandbox
-        due = message["accepted_at"] + float(sandbox.callback_delay or 0)
-        pending = status_number(message["parts"], None)
-        if message["status"] == pending and sandbox.callbacks and time.time() >= due:
-            delivered = sandbox._random.random() < sandbox.deliver_rate
-            message["status"] = status_number(message["parts"], delivered)
+        self.settle(message, pending=message["status"] == status_number(message["parts"], None))
         return message["status"]
+
+    def finish(self, message: dict[str, Any], delivered: bool) -> None:
+        """The final number: it counts the parts."""
+        message["status"] = status_number(message["parts"], delivered)
 
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """What ``StatusTXT`` shows once the message is final (SMS4B posts no reports)."""

@@ -114,8 +114,6 @@ class SmscEmulator(ProviderEmulator):
 
     def __init__(self, sandbox):
         super().__init__(sandbox)
-        #: Where reports go (the account's setting); None: no callbacks.
-        self.callback_url: str | None = None
         #: What callbacks are signed with (None: the sandbox's password).
         self.callback_secret: str | None = None
         #: Where incoming messages go (None: to ``callback_url``).
@@ -245,17 +243,12 @@ class SmscEmulator(ProviderEmulator):
 
     def current_status(self, message: dict[str, Any]) -> str:
         """The message's status; settled by ``deliver_rate`` once due when nobody posts reports."""
-        sandbox = self.sandbox
-        due = message["accepted_at"] + float(sandbox.callback_delay or 0)
-        settles = sandbox.callbacks and not message.get("callback_url")
-        if message["status"] == WAITING and settles and time.time() >= due:
-            delivered = sandbox._random.random() < sandbox.deliver_rate
-            self.finish(message, delivered)
+        self.settle(message, pending=message["status"] == WAITING)
         return message["status"]
 
     def finish(self, message: dict[str, Any], delivered: bool) -> None:
-        """Give ``message`` its final status (what tests call to steer polling)."""
-        message["status"] = self.delivered_status if delivered else self.failed_status
+        """The final status, its error number and when it changed (status.php shows them)."""
+        super().finish(message, delivered)
         message["err"] = 0 if delivered else 1
         message["changed_at"] = time.time()
 
@@ -267,7 +260,7 @@ class SmscEmulator(ProviderEmulator):
         return {
             "id": message["id"],
             "phone": message["phone"],
-            "status": self.delivered_status if delivered else self.failed_status,
+            "status": self.final_status(delivered),
             "err": "0" if delivered else "1",
             "ts": str(int(time.time())),
         }

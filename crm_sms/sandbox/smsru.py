@@ -81,8 +81,6 @@ class SmsRuEmulator(ProviderEmulator):
 
     def __init__(self, sandbox):
         super().__init__(sandbox)
-        #: Where reports go (SMS.RU's control panel setting); None: no callbacks.
-        self.callback_url: str | None = None
         self._ids = itertools.count(1)
 
     def sms_url(self, sender: str) -> str:
@@ -161,17 +159,12 @@ class SmsRuEmulator(ProviderEmulator):
 
     def current_status(self, message: dict[str, Any]) -> str:
         """The message's code; settled by ``deliver_rate`` once due when nobody posts reports."""
-        sandbox = self.sandbox
-        due = message["accepted_at"] + float(sandbox.callback_delay or 0)
-        settles = sandbox.callbacks and not message.get("callback_url")
-        if message["status"] == QUEUED and settles and time.time() >= due:
-            delivered = sandbox._random.random() < sandbox.deliver_rate
-            message["status"] = self.delivered_status if delivered else self.failed_status
+        self.settle(message, pending=message["status"] == QUEUED)
         return message["status"]
 
     # --- delivery reports ------------------------------------------------------------------
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
-        code = self.delivered_status if delivered else self.failed_status
+        code = self.final_status(delivered)
         return {"data[]": [status_entry(message["sms_id"], code)]}
 
     def encode_report(

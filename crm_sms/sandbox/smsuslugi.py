@@ -182,7 +182,7 @@ class SmsUslugiEmulator(ProviderEmulator):
         detail = ElementTree.Element("detail")
         groups: dict[str, ElementTree.Element] = {}
         for mailing in mailings:
-            self._settle(mailing)
+            self.settle(mailing, pending=mailing["status"] == ENQUEUED)
             group = groups.get(mailing["status"])
             if group is None:
                 group = groups[mailing["status"]] = ElementTree.SubElement(
@@ -196,17 +196,7 @@ class SmsUslugiEmulator(ProviderEmulator):
         """The money on the account (the credentials were checked by ``authenticate``)."""
         return xml_reply(1, account=BALANCE)
 
-    def _settle(self, mailing: dict[str, Any]) -> None:
-        """With reports on, a mailing still queued is final once ``callback_delay`` passed."""
-        sandbox = self.sandbox
-        if mailing["status"] != ENQUEUED or not sandbox.callbacks:
-            return
-        if time.time() - mailing["accepted_at"] < float(sandbox.callback_delay or 0):
-            return
-        delivered = sandbox._random.random() < sandbox.deliver_rate
-        mailing["status"] = DELIVERED if delivered else NOT_DELIVERED
-
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """What report.php lists for ``message`` once final (SMS-Uslugi posts no reports)."""
-        state = DELIVERED if delivered else NOT_DELIVERED
+        state = self.final_status(delivered)
         return {"smsid": message["smsid"], "detail": {state: message["numbers"]}}

@@ -40,7 +40,7 @@ import secrets
 import time
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from .base import ProviderEmulator, RecordedRequest, Reply
 
@@ -112,14 +112,6 @@ class TwilioEmulator(ProviderEmulator):
     failed_status = "undelivered"
     #: Where incoming messages are posted (a number's "A message comes in" URL); "": nowhere.
     inbound_url: str = ""
-
-    def sms_url(self, sender: str) -> str:
-        sandbox = self.sandbox
-        return (
-            f"{self.scheme}+http://{quote(sandbox.login, safe='')}:"
-            f"{quote(sandbox.password, safe='')}@{sandbox.host}:{sandbox.port}/"
-            f"?sender={quote(sender, safe='')}"
-        )
 
     def endpoint(self, request: RecordedRequest):
         match = ROUTE_RE.fullmatch(request.route)
@@ -228,17 +220,15 @@ class TwilioEmulator(ProviderEmulator):
     def current_status(self, message: dict[str, Any]) -> str:
         """The message's status; settled by ``deliver_rate`` once due when nobody posts
         reports (so polling sees a final state)."""
-        sandbox = self.sandbox
         if message.get("forced_error") and message["status"] == self.delivered_status:
             message["status"] = self.failed_status  # the report posted said undelivered
-        due = message["accepted_at"] + float(sandbox.callback_delay or 0)
-        settles = sandbox.callbacks and not message.get("callback_url")
-        if message["status"] in ("queued", "accepted") and settles and time.time() >= due:
-            delivered = sandbox._random.random() < sandbox.deliver_rate
-            delivered = delivered and not message.get("forced_error")
-            message["status"] = self.delivered_status if delivered else self.failed_status
-            message["updated_at"] = time.time()
+        self.settle(message, pending=message["status"] in ("queued", "accepted"))
         return message["status"]
+
+    def finish(self, message: dict[str, Any], delivered: bool) -> None:
+        """The final status (undelivered with a forced error) and when it changed."""
+        super().finish(message, delivered and not message.get("forced_error"))
+        message["updated_at"] = time.time()
 
     def error_code(self, message: dict[str, Any]) -> int | None:
         """The ErrorCode of an undelivered or failed message."""
@@ -278,7 +268,7 @@ class TwilioEmulator(ProviderEmulator):
     def delivery_report(self, message: dict[str, Any], delivered: bool) -> dict[str, Any]:
         """The form Twilio posts to StatusCallback (undelivered when a 30xxx code was forced)."""
         delivered = delivered and not message.get("forced_error")
-        status = self.delivered_status if delivered else self.failed_status
+        status = self.final_status(delivered)
         report = {
             "AccountSid": self.sandbox.login,
             "ApiVersion": API_VERSION,

@@ -19,6 +19,7 @@ from django.core import checks
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
+from ...phones import international_digits
 from ..base import (
     BaseBackend,
     ConfigurationError,
@@ -232,13 +233,7 @@ class SMPPBackend(BaseBackend):
         sender = sms.sender or self.default_sender
         self.validate_sender(sender)
         self.validate_text(sms.text)
-        digits = sms.to[1:] if sms.to.startswith("+") else sms.to
-        if not (digits.isdigit() and digits.isascii() and 7 <= len(digits) <= 15):
-            raise ValidationError(
-                _("The number %(to)s is not in international format (+79001234212).")
-                % {"to": sms.to},
-                code="invalid_phone",
-            )
+        digits = international_digits(sms.to, min_digits=7)
         try:
             encoded = encode_text(
                 sms.text, next(self._references) % 256, use_payload=self.long_text == "payload"

@@ -52,7 +52,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--timeout-s", type=float, default=5.0)
         parser.add_argument(
-            "--throttle-rate", type=_share, default=0.0, help="Share answered code 88."
+            "--throttle-rate",
+            type=_share,
+            default=0.0,
+            help="Share of messages refused as throttled, with the provider's own answer for "
+            "too many messages.",
         )
         parser.add_argument(
             "--deliver-rate",
@@ -61,7 +65,10 @@ class Command(BaseCommand):
             help="Share of accepted messages reported delivered (the rest delivery_failed).",
         )
         parser.add_argument(
-            "--rate", type=float, default=None, help="Messages per second; over it, code 88."
+            "--rate",
+            type=float,
+            default=None,
+            help="Messages per second; over it, the provider's throttling answer.",
         )
         parser.add_argument(
             "--callback-delay", type=float, default=0.0, help="Seconds before a delivery report."
