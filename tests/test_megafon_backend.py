@@ -343,9 +343,7 @@ def test_long_non_json_answer_is_cut_in_raw(scripted):
 def test_read_timeout_is_retry(scripted):
     server = scripted(lambda body: time.sleep(1.0) or (200, b"{}"))
     backend = backend_for(server.base_url, read_timeout="0.2")  # a string, as from a URL
-    started = time.monotonic()
-    result = backend.send(sms())
-    assert time.monotonic() - started < 0.9
+    result = backend.send(sms())  # the server answers after 1 s: a timeout proves 0.2 s held
     assert result.status is SendStatus.RETRY and result.error_code == "timeout"
     assert "0.2 s" in result.error_message
 

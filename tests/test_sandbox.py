@@ -233,13 +233,14 @@ def test_slow_answer_times_out_the_client_but_the_message_is_accepted(megafon_sa
 
 
 def test_latency_is_added_per_request_in_parallel(megafon_sandbox):
-    megafon_sandbox.configure(latency_ms=200)
+    megafon_sandbox.configure(latency_ms=1000)
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda i: code_of(post(megafon_sandbox, message(f"l{i}"))), range(8)))
     elapsed = time.monotonic() - started
     assert codes == [0] * 8
-    assert 0.2 <= elapsed < 0.8  # slept in each request's own thread, not one after another
+    # Slept in each request's own thread: one after another would take at least 8 s.
+    assert 1.0 <= elapsed < 4.0
 
 
 def test_forced_codes_per_recipient(megafon_sandbox):
@@ -351,7 +352,6 @@ def test_serves_quickly_with_many_keep_alive_clients(megafon_sandbox):
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=32)
     session.mount("http://", adapter)
-    started = time.monotonic()
     with ThreadPoolExecutor(32) as pool:
         codes = list(
             pool.map(
@@ -359,11 +359,9 @@ def test_serves_quickly_with_many_keep_alive_clients(megafon_sandbox):
                 range(600),
             )
         )
-    elapsed = time.monotonic() - started
     assert codes == [0] * 600
+    # Keep-alive: 600 requests over at most 32 connections (the rate is measured in bench/).
     assert megafon_sandbox.connections_opened <= 32
-    # Client and server share this process; ~1000/s on a 2-core box, 200/s is a safe floor.
-    assert 600 / elapsed > 200
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
@@ -403,7 +401,7 @@ def test_management_command_prints_the_sms_url_and_stops_cleanly(signum):
         )
         assert code_of(response) == 0
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=60)  # a generous bound: the machine may be busy
         assert proc.returncode == 0, err
         assert "1 messages accepted" in out
     finally:

@@ -272,7 +272,7 @@ class SlowBackend(LocmemBackend):
 
 def test_sends_continue_while_results_are_written(locmem_provider, settings, monkeypatch):
     """Each write of results is slow: it waits until the pool has sent WANTED more messages
-    (or all of them), up to 2 s. After the first (which teaches the worker how long a write
+    (or all of them), up to 10 s. After the first (which teaches the worker how long a write
     takes), the pool never runs dry during a write: every wait ends by counting sends.
 
     The worker claims the next batch before writing results when the pool runs low, and
@@ -300,7 +300,7 @@ def test_sends_continue_while_results_are_written(locmem_provider, settings, mon
         return messages
 
     def slow_write(jobs, summary, gates):
-        start, deadline = SENDS["sent"], time.monotonic() + 2.0
+        start, deadline = SENDS["sent"], time.monotonic() + 10.0
         while SENDS["sent"] < min(start + wanted, total) and time.monotonic() < deadline:
             time.sleep(0.001)
         waits.append(SENDS["sent"] >= min(start + wanted, total))
@@ -314,5 +314,7 @@ def test_sends_continue_while_results_are_written(locmem_provider, settings, mon
     finally:
         box.close()
     assert summary.sent == total == SENDS["sent"] == claimed["n"]
-    assert len(waits) > 5
+    # How many writes there are depends on the machine's speed (a slow write gathers more
+    # results for the next one); the property needs a write after the first.
+    assert len(waits) >= 2, waits
     assert all(waits[1:]), waits
