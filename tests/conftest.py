@@ -11,6 +11,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures_admin",
     "tests.fixtures_outbox",
     "tests.fixtures_compliance",
+    "tests.fixtures_http",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

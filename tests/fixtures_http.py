@@ -1,8 +1,8 @@
 """A scripted HTTP server on loopback, for backend tests that need answers no emulator gives
 (every row of a code table, a garbled body, a dropped connection).
 
-``scripted(answer)`` (the fixture) starts one and closes it after the test; a test module
-takes the fixture by importing ``scripted_fixture``::
+``scripted(answer)`` (the fixture, in tests/conftest.py's ``pytest_plugins``) starts one and
+closes it after the test::
 
     def test_a_5xx_is_retry(scripted):
         server = scripted((503, b"busy", "text/html"))

@@ -24,7 +24,6 @@ from crm_sms.backends.megafon import (
 from crm_sms.conf import parse_sms_url
 from crm_sms.exceptions import ConfigurationError
 from crm_sms.sandbox import SEND_PATH, SandboxServer
-from tests.fixtures_http import scripted_fixture  # noqa: F401 (the fixture `scripted`)
 
 LOGIN = "corp@login"
 PASSWORD = "p:a@ss/w%rd"  # ':' and '@' and '%' must survive the URL and the Basic header

@@ -31,7 +31,6 @@ from crm_sms.models import Message, MessageStatus
 from crm_sms.polling import poll_statuses
 from crm_sms.sandbox import SandboxServer
 from tests.conformance import ConformanceSuite
-from tests.fixtures_http import scripted_fixture  # noqa: F401 (the fixture `scripted`)
 
 LOGIN = "corp@uslugi"
 PASSWORD = "p<a&ss'w\"rd"  # XML's special characters must be escaped, never break the body
