@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/callbacks.py [--messages 20000] [--direct-messages 3000]
         [--backlog 10000] [--workers 2] [--gunicorn-threads 8] [--clients 32]
-        [--modes direct,queued]
+        [--modes direct,queued-full-single,queued]
         [--database-url $DATABASE_URL or postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks]
         [--conn-max-age 60] [--keep-db]
 
@@ -16,6 +16,12 @@ bench also measures how long until every message is ``delivered``; then it posts
 more reports with the applier stopped (SIGSTOP) and times the applier alone (SIGCONT). It checks
 that every message became ``delivered`` with exactly one event and prints JSON, with the CPU
 each side spent per report and ``os.getloadavg()`` (the machine may be shared).
+
+A mode may carry suffixes that turn this work's speed-ups off, to compare in one run:
+``-full`` (``SMS_CALLBACK_LEAN=0``: the callbacks through the full middleware -- sessions,
+locale, CSRF, auth, messages -- instead of ``crm_sms.handler``'s lean path) and ``-single``
+(``SMS_REPORT_GROUP_COMMIT=0``: each queued callback its own INSERT and commit).
+``--modes queued-full-single,queued`` puts before and after side by side (``after_vs_before``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/crm_sms_bench_callbacks"
 
 
 def environment(database_url: str, mode: str = "direct") -> dict[str, str]:
+    """The site's environment for ``mode`` ("direct", "queued", "…-full": the full middleware)."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,
@@ -54,7 +61,9 @@ def environment(database_url: str, mode: str = "direct") -> dict[str, str]:
         SMS_PUBLIC_URL="http://127.0.0.1",
         SMS_CALLBACK_TOKEN=TOKEN,
         SMS_LOG_LEVEL="WARNING",
-        SMS_REPORTS=mode,
+        SMS_REPORTS=mode.split("-")[0],
+        SMS_CALLBACK_LEAN="0" if "-full" in mode else "1",
+        SMS_REPORT_GROUP_COMMIT="0" if "-single" in mode else "1",
         DJANGO_SETTINGS_MODULE="config.settings",
     )
     return env
@@ -375,14 +384,15 @@ def run_mode(mode: str, n: int, start: int, args, database_url: str) -> dict:
     """One mode: its messages, gunicorn (and the applier), first reports and repeats, checks."""
     from django.db import connection
 
-    extra = args.backlog if mode == "queued" else 0
+    queued = mode.startswith("queued")
+    extra = args.backlog if queued else 0
     rows = insert_messages(n + extra, start)
     bodies = [report(m.msg_id, start + i) for i, m in enumerate(rows)]
     first_pk, last_pk = min(m.pk for m in rows), max(m.pk for m in rows)
     env = environment(database_url, mode)
     result: dict = {"messages": n, "loadavg_before": loadavg()}
     server, port = start_gunicorn(args, env)
-    applier = start_applier(env) if mode == "queued" else None
+    applier = start_applier(env) if queued else None
     watch = QueueWatch(first_pk, rows[n - 1].pk, n) if applier else None
     try:
         meter = CpuMeter(server, applier)
@@ -474,7 +484,7 @@ def main() -> None:
     }
     start = 0
     for mode in args.modes.split(","):
-        n = args.direct_messages if mode == "direct" else args.messages
+        n = args.direct_messages if mode.startswith("direct") else args.messages
         result[mode] = run_mode(mode, n, start, args, database_url)
         start += n + args.backlog  # the next mode's phone numbers and provider ids follow
     if "direct" in result and "queued" in result:
@@ -484,6 +494,25 @@ def main() -> None:
             "answered_x": round(queued["first_reports"]["reports_per_s"] / base, 1),
             "applied_x": round(queued["applied_reports_per_s"] / base, 1),
             "server_cpu_per_report_x": round(server_cpu(direct) / server_cpu(queued), 1),
+        }
+    queued = [m for m in args.modes.split(",") if m.startswith("queued")]
+    if len(queued) >= 2:  # the first against the last: before and after
+        before, after = result[queued[0]], result[queued[-1]]
+        result["after_vs_before"] = {
+            "modes": [queued[0], queued[-1]],
+            "answered_x": round(
+                after["first_reports"]["reports_per_s"] / before["first_reports"]["reports_per_s"],
+                2,
+            ),
+            "gunicorn_cpu_ms_per_report": [
+                before["cpu_ms_per_report"]["gunicorn"],
+                after["cpu_ms_per_report"]["gunicorn"],
+            ],
+            "postgres_cpu_ms_per_report": [
+                before["cpu_ms_per_report"]["postgres"],
+                after["cpu_ms_per_report"]["postgres"],
+            ],
+            "server_cpu_ms_per_report": [round(server_cpu(before), 3), round(server_cpu(after), 3)],
         }
     result["loadavg_end"] = loadavg()
     connection.close()

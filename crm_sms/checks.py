@@ -3,7 +3,8 @@
 Every problem is a check message, never a traceback: an unreadable ``SMS_URL`` or an unknown
 scheme (E006), a backend that cannot be imported (E002), an unknown option (E007), an option
 value of the wrong type (E008), options the backend refuses (E003), and the backend's own
-``check()``. docs/configuration.md lists every id.
+``check()``; a delivery-report mode that is neither "direct" nor "queued" (E009).
+docs/configuration.md lists every id.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def check_providers(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         problems.extend(check_provider(alias))
     problems.extend(_check_numbers())
     problems.extend(_check_failover(providers))
+    problems.extend(_check_report_mode())
     return problems
 
 
@@ -92,6 +94,25 @@ def _check_numbers() -> list[checks.CheckMessage]:
                 )
             )
     return problems
+
+
+def _check_report_mode() -> list[checks.CheckMessage]:
+    """``REPORTS`` that is neither "direct" nor "queued": every delivery report would be
+    answered 500 (``conf.report_mode`` refuses it), so say it at start-up instead."""
+    try:
+        conf.report_mode()
+    except ImproperlyConfigured:
+        value = conf.get_setting("REPORTS")
+        allowed = " or ".join(f'"{mode}"' for mode in conf.REPORT_MODES)
+        return [
+            checks.Error(
+                f'CRM_SMS["REPORTS"] (env SMS_REPORTS) is {value!r}; the allowed values are '
+                f"{allowed}.",
+                hint=f'Set SMS_REPORTS to {allowed} (or leave it unset: "direct").',
+                id="crm_sms.E009",
+            )
+        ]
+    return []
 
 
 def _check_failover(providers: Any) -> list[checks.CheckMessage]:

@@ -21,9 +21,10 @@ transaction and deletes them when it commits; a file that cannot be read or appl
 
 **The queue.** In "queued" mode a callback costs one INSERT of its cleaned reports
 (``queue_reports``: a ``QueuedReport`` row, a JSON list of the ``report`` objects above),
-committed before the answer; ``apply_queued_reports`` (``manage.py sms_reports``, the worker)
-applies the rows in batches, deleting them in the same transaction (``--retry-broken``: rows
-set aside because they failed alone are tried again).
+committed before the answer (on PostgreSQL the callbacks a process has in hand at once share
+the INSERT and its commit: ``crm_sms.groupcommit``); ``apply_queued_reports`` (``manage.py
+sms_reports``, the worker) applies the rows in batches, deleting them in the same transaction
+(``--retry-broken``: rows set aside because they failed alone are tried again).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -48,8 +49,22 @@ from django.utils.dateparse import parse_datetime
 
 from . import conf
 from .backends.base import DeliveryReport
+from .groupcommit import GroupCommit
 from .models import EventSource, QueuedReport
 from .reports import apply_delivery_reports, clean_report
+
+try:  # PostgreSQL through psycopg 3: the queue's INSERT binds its values on the server
+    import psycopg as _psycopg
+except ImportError:  # pragma: no cover
+    _psycopg = None  # type: ignore[assignment]
+else:
+
+    class _UnpreparedCursor(_psycopg.Cursor):
+        """Server-side binding, never a named prepared statement (see ``_insert_rows``)."""
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            return super().execute(query, params, **{**kwargs, "prepare": False})
+
 
 try:  # POSIX; elsewhere two drainers may both apply a file (harmless: reports are idempotent)
     import fcntl
@@ -279,7 +294,10 @@ def _apply_entries(entries: Iterable[tuple[str, str, DeliveryReport]]) -> Counte
         groups.setdefault((provider, source), []).append(report)
     applied: Counter = Counter()
     for (provider, source), reports in groups.items():
-        applied.update(apply_delivery_reports(reports, provider=provider, source=source))
+        # Cleaned when they were written (``_report_body``): not cleaned twice.
+        applied.update(
+            apply_delivery_reports(reports, provider=provider, source=source, cleaned=True)
+        )
     return applied
 
 
@@ -396,6 +414,7 @@ def spooled_files() -> list[Path]:
 #: Queued rows (callback requests) taken and applied in one transaction.
 QUEUE_BATCH = 500
 _QUEUED_COLUMNS = ("provider", "source", "received_at", "reports")
+_INSERT_SQL: dict[tuple[str, int], str] = {}  # (vendor, rows) -> the statement
 
 
 def receive_reports(reports: list[DeliveryReport], *, provider: str) -> dict[str, int]:
@@ -413,21 +432,58 @@ def queue_reports(
     reports: Iterable[DeliveryReport], *, provider: str, source: str = EventSource.CALLBACK
 ) -> int:
     """Store ``reports``, cleaned, as one ``QueuedReport`` row: one INSERT (no ORM ``save``,
-    no lookups), committed when this returns outside a transaction. Returns how many."""
+    no lookups), committed when this returns outside a transaction. Returns how many.
+
+    On PostgreSQL outside a transaction, concurrent calls of one process share the INSERT
+    and its commit (``crm_sms.groupcommit``); each returns once its own row is committed."""
     bodies = [_report_body(report) for report in reports]
     if not bodies:
         return 0
-    meta, ops = QueuedReport._meta, connection.ops
-    fields = [meta.get_field(name) for name in _QUEUED_COLUMNS]
-    values = (provider, str(source), timezone.now(), json.dumps(bodies, separators=(",", ":")))
-    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
-    columns = ", ".join(ops.quote_name(f.column) for f in fields)
-    table = ops.quote_name(meta.db_table)
+    row = (provider, str(source), timezone.now(), json.dumps(bodies, separators=(",", ":")))
+    connection.ensure_connection()
+    if _psycopg is not None and isinstance(connection.connection, _psycopg.Connection):
+        if GROUP_COMMIT and connection.get_autocommit() and not connection.in_atomic_block:
+            _GROUP.submit(row)
+        else:
+            _insert_rows([row])
+        return len(bodies)
+    received_at = QueuedReport._meta.get_field("received_at")
+    values = [*row[:2], received_at.get_db_prep_save(row[2], connection), row[3]]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}, error) VALUES (%s, %s, %s, %s, '')", params
-        )
+        cursor.execute(_insert_sql(1), values)
     return len(bodies)
+
+
+def _insert_rows(rows: Sequence[tuple[Any, ...]]) -> None:
+    """One INSERT of ``rows`` through a psycopg 3 cursor with server-side binding (no quoting
+    in Python), wrapped as ``connection.cursor()`` wraps its own: Django's errors, query
+    logging, ``execute_wrapper`` hooks. Never a named prepared statement, which PgBouncer's
+    transaction pooling (before 1.21) would lose between transactions."""
+    connection.ensure_connection()
+    params = [value for row in rows for value in row]
+    with connection._prepare_cursor(_UnpreparedCursor(connection.connection)) as cursor:
+        cursor.execute(_insert_sql(len(rows)), params)
+
+
+def _insert_sql(rows: int) -> str:
+    """The INSERT of ``rows`` ``QueuedReport`` rows (the quoting of the connection's database)."""
+    key = (connection.vendor, rows)
+    sql = _INSERT_SQL.get(key)
+    if sql is None:
+        meta, quote = QueuedReport._meta, connection.ops.quote_name
+        columns = ", ".join(quote(meta.get_field(name).column) for name in _QUEUED_COLUMNS)
+        values = ", ".join(["(%s, %s, %s, %s, '')"] * rows)
+        sql = _INSERT_SQL[key] = (
+            f"INSERT INTO {quote(meta.db_table)} ({columns}, {quote('error')}) VALUES {values}"
+        )
+    return sql
+
+
+#: Concurrent callbacks of this process: one INSERT and one commit for all of them.
+_GROUP = GroupCommit(_insert_rows, max_batch=100)
+#: False: each callback its own INSERT and commit (to compare: ``SMS_REPORT_GROUP_COMMIT=0``
+#: in the demo site's wsgi.py, bench/callbacks.py).
+GROUP_COMMIT = True
 
 
 def apply_queued_reports(

@@ -115,7 +115,11 @@ def _lookup(reports: list[DeliveryReport], provider: str) -> tuple[dict, dict]:
 
 
 def apply_delivery_reports(
-    reports: Iterable[DeliveryReport], *, provider: str, source: str = EventSource.CALLBACK
+    reports: Iterable[DeliveryReport],
+    *,
+    provider: str,
+    source: str = EventSource.CALLBACK,
+    cleaned: bool = False,
 ) -> dict[str, int]:
     """Apply provider ``reports`` to the messages of provider alias ``provider``.
 
@@ -133,6 +137,9 @@ def apply_delivery_reports(
     and errors that are not the database's propagate: a callback then spools the reports
     (``crm_sms.inbox``) or answers 500. Ignored reports are logged as one line per kind.
 
+    ``cleaned=True``: the reports are ``clean_report``'s output already (the report queue and
+    the spool store them so), not cleaned a second time.
+
     Returns counts: received, applied (status changed), duplicate (already in that status),
     stale (a report the rules ignore), unknown (no such message), invalid (a status that is not
     one a report may carry, or a report the database refused).
@@ -143,7 +150,8 @@ def apply_delivery_reports(
     notes = _Notes()
     for start in range(0, len(given), CHUNK):
         chunk = given[start : start + CHUNK]
-        _apply_chunk([clean_report(r) for r in chunk], chunk, provider, source, counts, notes)
+        clean = chunk if cleaned else [clean_report(r) for r in chunk]
+        _apply_chunk(clean, chunk, provider, source, counts, notes)
     notes.log(provider)
     return counts
 

@@ -203,3 +203,35 @@ def test_the_site_still_starts_with_a_bad_sms_url():
     )
     assert done.returncode == 0, done.stderr
     assert "{'default': {'URL': 'nosuch://x'}}" in done.stdout
+
+
+# --- SMS_REPORTS: "direct" or "queued" ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["queue", "batched", 1])
+def test_an_unknown_report_mode_is_an_error(settings, value):
+    found = from_env(settings, SMS_URL="console://")
+    assert "crm_sms.E009" not in found
+    settings.CRM_SMS = {**settings.CRM_SMS, "REPORTS": value}
+    problem = {message.id: message for message in check_providers()}["crm_sms.E009"]
+    assert problem.level == checks.ERROR
+    assert "SMS_REPORTS" in problem.msg and 'CRM_SMS["REPORTS"]' in problem.msg
+    assert repr(value) in problem.msg
+    assert '"direct"' in problem.msg and '"queued"' in problem.msg
+
+
+@pytest.mark.parametrize("value", ["direct", "queued", " Queued ", "", None])
+def test_the_report_modes_pass(settings, value):
+    settings.CRM_SMS = {
+        "PROVIDERS": {"default": {"BACKEND": "crm_sms.backends.dummy.DummyBackend"}},
+        "REPORTS": value,
+    }
+    assert check_providers() == []
+
+
+def test_an_unknown_report_mode_from_the_environment_stops_manage_py():
+    done = run_manage("check", "--tag", "crm_sms", SMS_URL="console://", SMS_REPORTS="sometimes")
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "crm_sms.E009" in output and "SMS_REPORTS" in output and "'sometimes'" in output
+    assert "Traceback" not in output

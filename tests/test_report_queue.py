@@ -417,3 +417,89 @@ def test_two_applier_processes_share_the_queue(queued, transactional_db):
     assert sum(out.get("applied", 0) for out in outputs) == 600
     assert MessageEvent.objects.count() == 600
     assert not QueuedReport.objects.exists()
+
+
+# --- group commit: concurrent callbacks of a process share an INSERT and its commit ---------
+
+
+def test_concurrent_callbacks_share_one_insert_and_each_row_is_committed(
+    queued, transactional_db, monkeypatch
+):
+    """Three requests arrive while a fourth is writing: the next write takes all three, and
+    every call returns only once its row is in the database."""
+    if connection.vendor != "postgresql":
+        pytest.skip("group commit is for PostgreSQL (SQLite has one writer anyway)")
+    group = inbox.GroupCommit(inbox._insert_rows)
+    monkeypatch.setattr(inbox, "_GROUP", group)
+    writing, release = threading.Event(), threading.Event()
+    original = group.write
+
+    def first_write_waits(rows):
+        if group.batches == 0:
+            writing.set()
+            assert release.wait(60)
+        original(rows)
+
+    group.write = first_write_waits
+    errors = []
+
+    def post(number):
+        try:
+            report = DeliveryReport("delivered", msg_id=f"m{number}")
+            assert inbox.queue_reports([report], provider="default") == 1
+            # Committed before the return: another connection sees the row.
+            assert (
+                in_other_connection(
+                    QueuedReport.objects.filter(reports__contains=f'"m{number}"').count
+                )
+                == 1
+            )
+        except BaseException as exc:  # noqa: BLE001  (reported below, in the test's thread)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post, args=(0,))]
+    threads[0].start()
+    assert writing.wait(60)
+    threads += [threading.Thread(target=post, args=(n,)) for n in (1, 2, 3)]
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while group.waiting() < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert (group.batches, group.values) == (2, 4)
+    assert QueuedReport.objects.count() == 4
+    counts = inbox.apply_queued_reports()
+    assert counts["rows"] == 4 and counts["unknown"] == 4
+
+
+def test_a_failed_group_write_reaches_every_request():
+    """The database refuses the shared INSERT: each request gets the error (its own copy)."""
+    calls = []
+
+    def refuse(rows):
+        calls.append(len(rows))
+        raise OperationalError("the database is away")
+
+    group = inbox.GroupCommit(refuse)
+    results = []
+
+    def submit(value):
+        try:
+            group.submit(value)
+        except OperationalError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 5 and sum(calls) == 5
+    assert len({id(exc) for exc in results}) == 5  # one exception object each
+    assert group.waiting() == 0 and group.values == 5
