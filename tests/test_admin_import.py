@@ -97,20 +97,28 @@ def test_bad_rows_are_listed_with_line_and_reason_and_good_rows_imported():
         ["Letters", "call 900 me", ""],  # line 4
         ["Short", "123", ""],  # line 5
         ["Repeat", "+79001234212", ""],  # line 6: the phone of line 2
-        ["BadMail", "+79001234215", "not-an-email"],  # line 7
+        ["BadMail", "+79001234215", "not-an-email"],  # line 7: imported without the e-mail
         [],  # blank line: ignored
         ["Good2", "+79001234216", "a@b.ru"],  # line 9
     ]
     result = import_contacts(csv_bytes(rows))
-    assert (result.rows, result.created, result.skipped, result.duplicates) == (7, 2, 5, 1)
+    assert (result.rows, result.created, result.skipped, result.duplicates) == (7, 3, 4, 1)
     by_line = {e.line: e for e in result.errors}
-    assert sorted(by_line) == [3, 4, 5, 6, 7]
+    assert sorted(by_line) == [3, 4, 5, 6]
     assert by_line[3].column == "phone" and "empty" in by_line[3].message
     assert "letters" in by_line[4].message
     assert "too short" in by_line[5].message
     assert by_line[6].code == "duplicate" and "line 2" in by_line[6].message
-    assert by_line[7].column == "email"
-    assert set(Contact.objects.values_list("phone", flat=True)) == {"+79001234212", "+79001234216"}
+    assert by_line[6].value == "+79001234212"  # as the file writes it
+    assert result.warned == 1
+    [warning] = result.warnings
+    assert (warning.line, warning.column, warning.code) == (7, "email", "email_dropped")
+    assert set(Contact.objects.values_list("phone", flat=True)) == {
+        "+79001234212",
+        "+79001234215",
+        "+79001234216",
+    }
+    assert Contact.objects.get(phone="+79001234215").email == ""
 
 
 def test_line_numbers_count_multiline_quoted_values():
@@ -189,7 +197,7 @@ def test_admin_import_check_then_import_good_rows(admin_en):
     html = page.content.decode()
     assert 'id="import-created">2<' in html
     assert 'id="import-skipped">1<' in html
-    assert "<td>4</td><td>phone</td><td>12</td>" in html  # line 4, the column, the value
+    assert "<td>4</td><td>Телефон</td><td>12</td>" in html  # line 4, the file's column, the value
     assert not Contact.objects.exists()  # the check wrote nothing
     token = page.context["confirm_form"].initial["token"]
     done = admin_en.post(

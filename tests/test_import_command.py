@@ -34,8 +34,10 @@ def test_1c_file_without_flags(tmp_path):
     path.write_bytes(csv_bytes(ROWS, delimiter=";", encoding="cp1251"))
     out, err = run(str(path), "--group", "Осень")
     assert "CSV, cp1251, delimiter ';'" in out
-    assert "line 4 [phone]: The phone +79001234212 repeats line 2" in out
-    assert "line 5 [phone]" in out
+    # The column as the file titles it, the phone as the file writes it, the line it repeats.
+    assert "line 4 [Телефон] “+7 900 123-42-12”: Repeats the phone of line 2 (+79001234212)" in out
+    assert "line 5 [Телефон]" in out
+    assert "Телефон → Phone" in out
     assert "2 contacts were created" in out and "2 bad rows skipped" in out
     assert "4 rows: 2 new" in err  # the progress line
     assert Contact.objects.count() == 2

@@ -18,15 +18,17 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, yesno
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from ..forms import ContactImportConfirmForm, ContactImportForm
-from ..importing import ImportResult, import_contacts
+from ..importing import FIELD_LABELS, IMPORT_FIELDS, ImportResult, import_contacts
+from ..importing.cleaning import CONSENT, TIME_ZONE
 from ..importing.jobs import (
     UPLOAD_MAX_AGE,
     UPLOAD_PREFIX,
@@ -49,8 +51,10 @@ __all__ = [
     "upload_path",
 ]
 
-# The check page lists at most this many bad rows (a file may have thousands).
+# The check page lists at most this many bad rows (a file may have thousands), and warnings.
 ERRORS_SHOWN = 500
+#: The preview's columns after the phone, in this order (those the file has).
+PREVIEW_FIELDS = (*(f for f in IMPORT_FIELDS if f != "phone"), CONSENT, TIME_ZONE)
 #: A job queued this long without a worker taking it: the page says no worker seems to run.
 NO_WORKER_AFTER = 30
 #: What a multipart request carries besides the file (the other fields, the boundaries).
@@ -161,6 +165,8 @@ class ContactImportMixin:
         messages.success(request, import_summary(result))
         if result.skipped:
             messages.warning(request, skipped_message(result))
+        if result.warned:
+            messages.warning(request, warned_message(result))
         return HttpResponseRedirect(self._import_changelist_url())
 
     def _queue(
@@ -190,7 +196,7 @@ class ContactImportMixin:
             "confirm_form": confirm_form,
             "result": result,
             "filename": confirm_form.initial.get("filename") if confirm_form else "",
-            "errors_shown": result.errors[:ERRORS_SHOWN] if result else [],
+            **self._result_context(result),
             "media": self.media + form.media,  # type: ignore[attr-defined]
         }
         return TemplateResponse(request, self.import_template, context)
@@ -210,7 +216,7 @@ class ContactImportMixin:
             "state": job_state(job),
             "result": result if job.status == ImportJobStatus.DONE else None,
             "filename": job.filename,
-            "errors_shown": result.errors[:ERRORS_SHOWN] if result else [],
+            **self._result_context(result),
             "status_url": self._import_job_url(job, "import_job_status"),
             "file_kept": Path(job.file_path).exists(),
         }
@@ -254,6 +260,33 @@ class ContactImportMixin:
         return job
 
     # --- helpers -----------------------------------------------------------------------
+    def _result_context(self, result: ImportResult | None) -> dict[str, Any]:
+        """What ``import_result.html`` shows besides the counts: the file's columns, the
+        first good rows, the rows of known phones, the bad rows and the warnings, each
+        problem under the column title the file uses."""
+        if result is None:
+            return {"errors_shown": [], "warnings_shown": []}
+        titles = {name: title for _position, title, name in result.headers if name}
+        return {
+            "columns_shown": [
+                {
+                    "letter": column_letter(position),
+                    "title": title,
+                    "field": FIELD_LABELS.get(name, name) if name else "",
+                }
+                for position, title, name in result.headers
+            ],
+            "preview": preview_table(result.preview, self._contact_url),
+            "matches_shown": [
+                {**match, "result": fate(match, self._contact_url)} for match in result.matches
+            ],
+            "errors_shown": problems_shown(result.errors, titles),
+            "warnings_shown": problems_shown(result.warnings, titles),
+        }
+
+    def _contact_url(self, contact_id: int) -> str:
+        return reverse(self._import_url_name("change"), args=[contact_id])
+
     def _import_context(self, request: HttpRequest, title: str) -> dict[str, Any]:
         opts = self.opts  # type: ignore[attr-defined]
         site = self.admin_site  # type: ignore[attr-defined]
@@ -310,26 +343,35 @@ def job_message(job: ImportJob, waiting: int) -> str:
         if job.result:
             message = _("Queued again — a worker stopped; the next one goes on where it was.")
         if waiting >= NO_WORKER_AFTER:
-            message += " " + _(
+            message += " " + ngettext(
+                "No worker has taken it for %(seconds)d second: is “manage.py sms_worker” "
+                "(or Celery) running?",
                 "No worker has taken it for %(seconds)d seconds: is “manage.py sms_worker” "
-                "(or Celery) running?"
+                "(or Celery) running?",
+                waiting,
             ) % {"seconds": waiting}
         return message
     if job.status == ImportJobStatus.RUNNING:
         size = filesizeformat(job.file_size)
         if job.dry_run:
-            return _("Checking: %(rows)d rows read of a %(size)s file.") % {
-                "rows": job.rows,
-                "size": size,
-            }
-        return _("Importing: %(rows)d rows read of a %(size)s file.") % {
-            "rows": job.rows,
-            "size": size,
-        }
+            text = ngettext(
+                "Checking: %(rows)d row read of a %(size)s file.",
+                "Checking: %(rows)d rows read of a %(size)s file.",
+                job.rows,
+            )
+        else:
+            text = ngettext(
+                "Importing: %(rows)d row read of a %(size)s file.",
+                "Importing: %(rows)d rows read of a %(size)s file.",
+                job.rows,
+            )
+        return text % {"rows": job.rows, "size": size}
     if job.status == ImportJobStatus.FAILED:
         return _("The file was not imported: %(error)s") % {"error": job.error}
     if job.dry_run:
-        return _("Checked: %(rows)d rows.") % {"rows": job.rows}
+        return ngettext("Checked: %(rows)d row.", "Checked: %(rows)d rows.", job.rows) % {
+            "rows": job.rows
+        }
     return import_summary(ImportResult.from_dict(job.result or {}))
 
 
@@ -371,12 +413,96 @@ def _request_too_big(request: HttpRequest) -> str:
 
 def import_summary(result: ImportResult) -> str:
     """The success message: how many contacts are new, updated and unchanged."""
-    return _(
-        "Import done: %(created)d new contacts, %(updated)d updated, %(unchanged)d unchanged."
-    ) % {"created": result.created, "updated": result.updated, "unchanged": result.unchanged}
+    created, updated, unchanged = result.created, result.updated, result.unchanged
+    return _("Import done: %(created)s, %(updated)s, %(unchanged)s.") % {
+        "created": ngettext("%(count)d new contact", "%(count)d new contacts", created)
+        % {"count": created},
+        "updated": ngettext("%(count)d updated", "%(count)d updated", updated) % {"count": updated},
+        "unchanged": ngettext("%(count)d unchanged", "%(count)d unchanged", unchanged)
+        % {"count": unchanged},
+    }
 
 
 def skipped_message(result: ImportResult) -> str:
     return ngettext(
         "%(count)d bad row was skipped.", "%(count)d bad rows were skipped.", result.skipped
     ) % {"count": result.skipped}
+
+
+def warned_message(result: ImportResult) -> str:
+    return ngettext(
+        "%(count)d row was imported with a warning: an e-mail that is not one was left out, "
+        "or a phone's extension dropped.",
+        "%(count)d rows were imported with a warning: an e-mail that is not one was left out, "
+        "or a phone's extension dropped.",
+        result.warned,
+    ) % {"count": result.warned}
+
+
+# --- the check page's tables ----------------------------------------------------------------
+
+
+def column_letter(position: int) -> str:
+    """A column as spreadsheets name it: 0 → A, 26 → AA (CSV files open in them too)."""
+    letters = ""
+    position += 1
+    while position:
+        position, rest = divmod(position - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def problems_shown(problems: list, titles: dict[str, str]) -> list[dict[str, Any]]:
+    """The first ERRORS_SHOWN problems, each under its column's title in the file."""
+    return [
+        {
+            "line": p.line,
+            "column": titles.get(p.column) or FIELD_LABELS.get(p.column, p.column),
+            "value": p.value,
+            "message": p.message,
+        }
+        for p in problems[:ERRORS_SHOWN]
+    ]
+
+
+def fate(row: dict[str, Any], contact_url: Any) -> str:
+    """What happens to a good row: a new contact, or which contact it updates (a link)."""
+    if row.get("action") == "new":
+        return _("New contact")
+    if not row.get("contact_id"):
+        return ""
+    link = format_html('<a href="{}">{}</a>', contact_url(row["contact_id"]), row["contact"])
+    if row["action"] == "update":
+        return format_html(_("Updates {}"), link)
+    return format_html(_("No change to {}"), link)
+
+
+def preview_table(rows: list[dict[str, Any]], contact_url: Any) -> dict[str, Any]:
+    """The first good rows as they will be imported: the titles of the value columns and,
+    per row, its line, its phone as written and in E.164, its values, its fate."""
+    fields = [f for f in PREVIEW_FIELDS if any(f in row["values"] for row in rows)]
+    return {
+        "titles": [FIELD_LABELS[f] for f in fields],
+        "rows": [
+            {
+                "line": row["line"],
+                "written": row["written"],
+                "phone": row["phone"],
+                "cells": [preview_cell(row["values"].get(f)) for f in fields],
+                "result": fate(row, contact_url),
+            }
+            for row in rows
+        ],
+    }
+
+
+def preview_cell(value: Any) -> str:
+    """A preview value as text: yes/no, a consent's "yes, 2024-03-01", "" for nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return yesno(value)
+    if isinstance(value, list):  # a consent: [given, ISO time or None]
+        given, at = value
+        return f"{yesno(given)}, {at[:10]}" if at else yesno(given)
+    return str(value)

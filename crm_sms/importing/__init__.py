@@ -7,7 +7,11 @@ What it promises:
 - Columns by field name or by their Russian or English titles (``Телефон``, ``Phone``, ``ФИО``…).
 - Phones normalized with :func:`crm_sms.phones.normalize_phone` (Excel's numeric phones too).
 - Every bad row is reported with its line number and the reason, and skipped; the good rows are
-  imported. A phone repeated in the file is reported on every repeat (the first row wins).
+  imported. A phone repeated in the file is reported on every repeat, as written there (the
+  first row wins). A row that only loses a cell is imported with a warning: an e-mail that is
+  not one (left out), a phone's extension (``доб. 5``, dropped).
+- A check (``dry_run``) says what each column of the file is taken for, and shows the first
+  good rows as they will be imported and the first rows whose phone is a known contact's.
 - Contacts are matched by phone: a known phone updates the contact (the columns present in the
   file overwrite; absent columns are kept; groups are added, never removed), a new one creates it.
 - It is bulk: a few queries per batch of rows; the whole import is one transaction (a
@@ -29,6 +33,7 @@ from django.db import transaction
 
 from .cleaning import (
     COLUMN_TITLES,
+    FIELD_LABELS,
     FULL_NAME,
     IMPORT_FIELDS,
     RowError,
@@ -50,17 +55,24 @@ from .reading import (
     open_table,
     parse_delimiter,
 )
-from .writing import MAX_KEPT_ERRORS, ContactWriter
+from .writing import MATCHES_SHOWN, MAX_KEPT_ERRORS, PREVIEW_ROWS, ContactWriter
+
+#: A result keeps the titles of the file's first this many columns (a sheet may have 16 384).
+MAX_HEADERS = 200
 
 __all__ = [
     "COLUMN_TITLES",
     "CSV",
     "FORMATS",
     "Checkpoints",
+    "FIELD_LABELS",
     "FULL_NAME",
     "IMPORT_FIELDS",
     "Limits",
+    "MATCHES_SHOWN",
     "MAX_KEPT_ERRORS",
+    "MAX_HEADERS",
+    "PREVIEW_ROWS",
     "XLSX",
     "ImportResult",
     "ProgressCallback",
@@ -89,6 +101,8 @@ class ImportResult:
     delimiter: str | None = None
     columns: dict[str, str] = field(default_factory=dict)  # title in the file -> field
     ignored_columns: list[str] = field(default_factory=list)
+    # Every titled column in the file's order: [position, title as written, field or ""].
+    headers: list[list[Any]] = field(default_factory=list)
     dry_run: bool = False
     rows: int = 0  # data rows read (blank rows are not counted)
     created: int = 0
@@ -97,6 +111,12 @@ class ImportResult:
     skipped: int = 0  # bad rows, not imported
     duplicates: int = 0  # rows whose phone repeats an earlier row (counted in skipped too)
     errors: list[RowError] = field(default_factory=list)  # the first MAX_KEPT_ERRORS
+    warned: int = 0  # rows imported with a warning (a cell left out)
+    warnings: list[RowError] = field(default_factory=list)  # the first MAX_KEPT_ERRORS
+    # The first PREVIEW_ROWS good rows as they will be imported, and the first MATCHES_SHOWN
+    # rows whose phone is a known contact's (see ContactWriter.add_preview and note_fate).
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    matches: list[dict[str, Any]] = field(default_factory=list)
     groups_created: list[str] = field(default_factory=list)
     # False when the import stopped before the end of the file: a preview reached its rows,
     # or a background job was asked to stop (it goes on from ``line`` later).
@@ -114,6 +134,7 @@ class ImportResult:
             "delimiter": self.delimiter,
             "columns": self.columns,
             "ignored_columns": self.ignored_columns,
+            "headers": self.headers,
             "dry_run": self.dry_run,
             "rows": self.rows,
             "created": self.created,
@@ -125,14 +146,19 @@ class ImportResult:
             "complete": self.complete,
             "line": self.line,
             "errors": [e.as_dict() for e in self.errors],
+            "warned": self.warned,
+            "warnings": [w.as_dict() for w in self.warnings],
+            "preview": self.preview,
+            "matches": self.matches,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImportResult:
         """The result ``as_dict`` gave (a background job keeps it as JSON)."""
-        names = {f for f in cls.__dataclass_fields__ if f != "errors"}
+        names = {f for f in cls.__dataclass_fields__ if f not in ("errors", "warnings")}
         result = cls(**{k: v for k, v in data.items() if k in names})
         result.errors = [RowError(**e) for e in data.get("errors", ())]
+        result.warnings = [RowError(**w) for w in data.get("warnings", ())]
         return result
 
 
@@ -194,6 +220,11 @@ def import_contacts(
             delimiter=table.delimiter,
             columns={table.headers[p]: name for p, name in columns.items()},
             ignored_columns=ignored,
+            headers=[
+                [position, str(title).strip(), columns.get(position, "")]
+                for position, title in enumerate(table.headers[:MAX_HEADERS])
+                if str(title or "").strip()
+            ],
             dry_run=dry_run,
         )
         writer = ContactWriter(result, columns, " ".join((group or "").split()), dry_run)
@@ -237,9 +268,10 @@ class _RowLoop:
             return
         old = ImportResult.from_dict(saved)
         result = self.result
-        for name in ("rows", "created", "updated", "unchanged", "skipped", "duplicates"):
+        for name in ("rows", "created", "updated", "unchanged", "skipped", "duplicates", "warned"):
             setattr(result, name, getattr(old, name))
         result.errors, result.groups_created = old.errors, old.groups_created
+        result.warnings, result.preview, result.matches = old.warnings, old.preview, old.matches
         if result.dry_run:  # groups it would create are not in the database
             self.writer.group_ids.update(dict.fromkeys(old.groups_created))
         self.done_line = result.line = old.line
@@ -286,8 +318,8 @@ class _RowLoop:
 
     def remember_phone(self, line: int, values: Sequence[Any]) -> None:
         """A row done by an earlier run: its phone counts for the repeats that follow."""
-        data, errors = clean_row(line, list(values), self.writer.columns)
-        if data.get("phone") and not errors:
+        data, problems = clean_row(line, list(values), self.writer.columns)
+        if data.get("phone") and all(p.warning for p in problems):
             self.writer.seen.setdefault(data["phone"], line)
 
     def flush(self, batch: list, line: int) -> bool:

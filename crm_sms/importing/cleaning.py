@@ -2,7 +2,9 @@
 
 Columns are matched by field name or by their Russian or English titles (``Телефон``, ``Phone``,
 ``ФИО``…). A row becomes contact values (the phone in E.164, groups as a list, ``opted_out`` as a
-bool) or the reasons it is bad, one :class:`RowError` per bad cell.
+bool) or the reasons it is bad, one :class:`RowError` per bad cell. Some problems only take
+a cell out and keep the row, as warnings: an e-mail that is not one (the contact is imported
+without it), a phone extension (``доб. 5``: an SMS cannot dial it, so it is dropped).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils.translation import gettext as _
-from django.utils.translation import pgettext_lazy
+from django.utils.translation import ngettext, pgettext_lazy
 
+from .. import conf
 from ..models import Contact, ContactGroup
 from ..phones import normalize_phone
 
@@ -52,6 +55,28 @@ COLUMN_TITLES = {
     "notes": (pgettext_lazy("column title", "Notes"), "Notes", "Примечание"),
     "external_id": (pgettext_lazy("column title", "External ID"), "External ID", "Внешний код"),
 }
+
+#: What each field is called on the check page (the file's own titles are shown next to it).
+FIELD_LABELS = {
+    **{name: titles[0] for name, titles in COLUMN_TITLES.items()},
+    FULL_NAME: pgettext_lazy("column title", "Full name (last, first, middle)"),
+    CONSENT: pgettext_lazy("column title", "Consent to advertising"),
+    TIME_ZONE: pgettext_lazy("column title", "Time zone"),
+}
+
+#: Codes of the warnings: the row is imported without that cell.
+EMAIL_DROPPED = "email_dropped"
+EXTENSION_DROPPED = "extension_dropped"
+
+# A phone followed by an extension: "+7 (495) 123-45-67 доб. 5", "ext. 12", "#5", "x7".
+_EXTENSION = re.compile(
+    r"^(?P<number>.*\d)[\s,;]*"
+    r"(?:доб(?:авочный)?|вн(?:утр(?:енний)?)?|ext(?:ension)?|x|#)\.?\s*[:=]?\s*"
+    r"(?P<extension>\d{1,10})\s*$",
+    re.IGNORECASE,
+)
+# Only a phone written with other characters than these may hide an extension.
+_PLAIN_PHONE = re.compile(r"^[\d\s()+\-.]*$")
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "last_name": ("surname", "family name", "lastname", "фамилия"),
@@ -144,13 +169,15 @@ GROUP_NAME_MAX_LENGTH = ContactGroup._meta.get_field("name").max_length
 
 @dataclass
 class RowError:
-    """Why one row of the file was skipped: its line, the column and value, a message."""
+    """Why one row of the file was skipped (or, a ``warning``, what was left out of a row that
+    is imported): its line, the column and the value as written, a message."""
 
     line: int
     message: str
     column: str = ""
     value: str = ""
     code: str = "invalid"
+    warning: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +186,7 @@ class RowError:
             "value": self.value,
             "message": self.message,
             "code": self.code,
+            "warning": self.warning,
         }
 
 
@@ -269,18 +297,48 @@ class _Invalid(Exception):
         self.message, self.value, self.code = message, value, code
 
 
-def _clean_phone(raw: Any, name: str) -> str:
+def clean_phone(raw: Any) -> tuple[str, str]:
+    """A phone cell in E.164 and the extension it had ("" when none): an SMS goes to the
+    number, the extension is dropped (the caller warns). Raises ``_Invalid``."""
+    extension = ""
+    text = raw
+    if isinstance(raw, str):
+        text = raw.strip().replace("\u00a0", " ")
+        found = _EXTENSION.match(text)
+        if found:
+            text, extension = found["number"], found["extension"]
     try:
-        return normalize_phone(raw)
+        phone = normalize_phone(text)
     except ValidationError as exc:
         raise _Invalid(exc.messages[0], cell_text(raw), exc.code or "phone") from exc
+    if not extension and isinstance(text, str) and not _PLAIN_PHONE.match(text):
+        extension = _extension_by_phonenumbers(text)
+    return phone, extension
+
+
+def _extension_by_phonenumbers(text: str) -> str:
+    """The extension ``phonenumbers`` finds in ``text`` (its markers are more than ours)."""
+    import phonenumbers
+
+    try:
+        return phonenumbers.parse(text, conf.get_setting("DEFAULT_REGION")).extension or ""
+    except phonenumbers.NumberParseException:
+        return ""
+
+
+def _clean_phone(raw: Any, name: str) -> str:
+    return clean_phone(raw)[0]
 
 
 def _clean_groups(raw: Any, name: str) -> list[str]:
     groups = split_groups(raw)
     if any(len(g) > GROUP_NAME_MAX_LENGTH for g in groups):
         raise _Invalid(
-            _("A group name is longer than %(limit)d characters.")
+            ngettext(
+                "A group name is longer than %(limit)d character.",
+                "A group name is longer than %(limit)d characters.",
+                GROUP_NAME_MAX_LENGTH,
+            )
             % {"limit": GROUP_NAME_MAX_LENGTH},
             cell_text(raw),
         )
@@ -309,7 +367,11 @@ def _clean_text(raw: Any, name: str) -> str:
     limit = MAX_LENGTHS.get(name)
     if limit and len(text) > limit:
         raise _Invalid(
-            _("Longer than %(limit)d characters (%(length)d).")
+            ngettext(
+                "Longer than %(limit)d character (%(length)d).",
+                "Longer than %(limit)d characters (%(length)d).",
+                limit,
+            )
             % {"limit": limit, "length": len(text)},
             text[:50],
         )
@@ -346,7 +408,8 @@ def clean_row(
     line: int, values: list[Any], columns: dict[int, str]
 ) -> tuple[dict[str, Any], list[RowError]]:
     """Turn one row into contact values (phone in E.164), or the reasons it is bad (one
-    :class:`RowError` per bad cell)."""
+    :class:`RowError` per bad cell). A problem marked ``warning`` keeps the row: the cell is
+    left out of the values (an e-mail that is not one) or cut (a phone's extension)."""
     data: dict[str, Any] = {}
     errors: list[RowError] = []
     for position, name in columns.items():
@@ -360,7 +423,37 @@ def clean_row(
             data.setdefault("middle_name", " ".join(parts[2:]))
             continue
         try:
-            data[name] = _CLEANERS.get(name, _clean_text)(raw, name)
+            if name == "phone":
+                data[name], extension = clean_phone(raw)
+                if extension:
+                    errors.append(_extension_warning(line, raw, data[name], extension))
+            else:
+                data[name] = _CLEANERS.get(name, _clean_text)(raw, name)
         except _Invalid as bad:
-            errors.append(RowError(line, bad.message, name, bad.value, bad.code))
+            if name == "email":  # the contact is imported without it
+                message = _("%(problem)s The row is imported without the e-mail.") % {
+                    "problem": bad.message
+                }
+                errors.append(RowError(line, message, name, bad.value, EMAIL_DROPPED, True))
+            else:
+                errors.append(RowError(line, bad.message, name, bad.value, bad.code))
     return data, errors
+
+
+def _extension_warning(line: int, raw: Any, phone: str, extension: str) -> RowError:
+    message = _("The extension “%(extension)s” was dropped: an SMS goes to %(phone)s.") % {
+        "extension": extension,
+        "phone": phone,
+    }
+    return RowError(line, message, "phone", cell_text(raw), EXTENSION_DROPPED, True)
+
+
+def preview_value(name: str, value: Any) -> Any:
+    """A cleaned value as JSON (a check's result is kept as JSON): groups joined, a consent
+    as [given, ISO date or None]."""
+    if name == "groups":
+        return ", ".join(value)
+    if name == CONSENT:
+        given, at = value or (None, None)
+        return None if given is None else [given, at.isoformat() if at else None]
+    return value

@@ -35,6 +35,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from ..models import ImportJob, ImportJobStatus
 from . import Checkpoints, ImportResult, import_contacts
@@ -47,7 +48,8 @@ UPLOAD_PREFIX = "crm_sms_import_"
 UPLOAD_MAX_AGE = 24 * 3600
 #: A job whose runner died this many times is failed instead of taken back again.
 MAX_ATTEMPTS = 3
-#: How many bad rows a job keeps in its result (all are counted; the page shows 500).
+#: How many bad rows (and warnings) a job keeps in its result (all are counted; the page
+#: shows 500).
 JOB_KEPT_ERRORS = 1000
 #: Progress is committed with every batch of this many rows.
 JOB_BATCH_SIZE = 2000
@@ -178,9 +180,12 @@ def claim_job(job_id: int | None = None) -> ImportJob | None:
         _finish(
             job,
             ImportJobStatus.FAILED,
-            error=_(
+            error=ngettext(
+                "The import stopped %(count)d time before it ended (its worker was stopped "
+                "or ran out of memory); it is not started again.",
                 "The import stopped %(count)d times before it ended (its worker was stopped "
-                "or ran out of memory); it is not started again."
+                "or ran out of memory); it is not started again.",
+                job.attempts - 1,
             )
             % {"count": job.attempts - 1},
         )
@@ -243,6 +248,7 @@ def _move(jobs: Any, status: str, **values: Any) -> int:
 def _progress(result: ImportResult) -> dict[str, Any]:
     data = result.as_dict()
     data["errors"] = data["errors"][:JOB_KEPT_ERRORS]
+    data["warnings"] = data["warnings"][:JOB_KEPT_ERRORS]
     return {
         "rows": result.rows,
         "created": result.created,

@@ -27,6 +27,7 @@ from django.core.exceptions import ValidationError
 from django.template.defaultfilters import filesizeformat
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from .. import conf
 
@@ -139,11 +140,16 @@ def check_archive(stream: BinaryIO, limits: Limits) -> int:
         ratio = part.file_size / max(part.compress_size, 1)
         if ratio > limits.max_compression_ratio:
             raise ValidationError(
-                _(
+                ngettext(
+                    "The workbook's part %(part)s unpacks %(ratio)s time bigger than it is "
+                    "stored, more than the limit of %(limit)s (the setting %(setting)s): real "
+                    "spreadsheets do not compress that well, so it is refused as a possible "
+                    "zip bomb.",
                     "The workbook's part %(part)s unpacks %(ratio)s times bigger than it is "
                     "stored, more than the limit of %(limit)s (the setting %(setting)s): real "
                     "spreadsheets do not compress that well, so it is refused as a possible "
-                    "zip bomb."
+                    "zip bomb.",
+                    int(ratio),
                 )
                 % {
                     "part": part.filename,
@@ -174,9 +180,12 @@ def check_stored_file(path: Path, limits: Limits) -> int:
 def too_many_rows(limits: Limits) -> ValidationError:
     """The error for a file with more than ``IMPORT_MAX_ROWS`` data rows."""
     return ValidationError(
-        _(
+        ngettext(
+            "The file has more than %(limit)s row, the import limit (the setting %(setting)s). "
+            "Split the file or ask the administrator to raise the limit.",
             "The file has more than %(limit)s rows, the import limit (the setting %(setting)s). "
-            "Split the file or ask the administrator to raise the limit."
+            "Split the file or ask the administrator to raise the limit.",
+            limits.max_rows,
         )
         % {"limit": _number(limits.max_rows), "setting": _setting("IMPORT_MAX_ROWS")},
         code="too_many_rows",

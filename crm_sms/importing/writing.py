@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -20,19 +20,38 @@ from ..bulk import RowInserter, update_rows
 from ..consent import SOURCE_IMPORT, give_consent, withdraw_consent
 from ..models import Contact, ContactGroup
 from ..quiet_hours import fill_time_zones
-from .cleaning import CONSENT, FULL_NAME, IMPORT_FIELDS, TIME_ZONE, RowError, clean_row
+from .cleaning import (
+    CONSENT,
+    FULL_NAME,
+    IMPORT_FIELDS,
+    TIME_ZONE,
+    RowError,
+    cell_text,
+    clean_row,
+    preview_value,
+)
 
 if TYPE_CHECKING:
     from . import ImportResult
 
-#: How many error rows a result keeps (all are counted).
+#: How many error rows a result keeps (all are counted); warnings alike.
 MAX_KEPT_ERRORS = 10_000
+#: The check page shows the first this many good rows as they will be imported…
+PREVIEW_ROWS = 10
+#: …and the first this many rows whose phone is a known contact's (they update it).
+MATCHES_SHOWN = 10
 
 #: Contact fields compared and written on update (the phone is the key; groups are apart).
 SCALAR_FIELDS = (*(f for f in IMPORT_FIELDS if f not in ("phone", "groups")), TIME_ZONE)
 _NAME_FIELDS = ("last_name", "first_name", "middle_name")
 
-Row = tuple[int, dict[str, Any]]  # (line, cleaned values)
+
+class Row(NamedTuple):
+    """A good row: its line, its cleaned values, its phone as the file writes it."""
+
+    line: int
+    data: dict[str, Any]
+    written: str
 
 
 class ContactWriter:
@@ -49,6 +68,9 @@ class ContactWriter:
         self.dry_run = dry_run
         self.seen: dict[str, int] = {}  # phone -> line of its first row
         self.group_ids: dict[str, int | None] = {}  # name -> id (None: would be created)
+        self.phone_position = next(p for p, name in columns.items() if name == "phone")
+        # Rows of the preview by line: what happens to them is known when their batch is written.
+        self.previewed: dict[int, dict[str, Any]] = {}
         in_file = set(columns.values())
         self.fields_in_file = tuple(
             f for f in SCALAR_FIELDS if f in in_file or (FULL_NAME in in_file and f in _NAME_FIELDS)
@@ -59,34 +81,87 @@ class ContactWriter:
         if len(self.result.errors) < MAX_KEPT_ERRORS:
             self.result.errors.append(error)
 
+    def add_warning(self, warning: RowError) -> None:
+        if len(self.result.warnings) < MAX_KEPT_ERRORS:
+            self.result.warnings.append(warning)
+
     def accept_row(self, line: int, values: list[Any]) -> Row | None:
-        """The row cleaned, or None when it is bad or repeats an earlier phone (reported)."""
-        self.result.rows += 1
-        data, errors = clean_row(line, values, self.columns)
+        """The row cleaned, or None when it is bad or repeats an earlier phone (reported).
+        A good row's warnings (a cell left out) are reported too."""
+        result = self.result
+        result.rows += 1
+        data, problems = clean_row(line, values, self.columns)
+        errors = [p for p in problems if not p.warning]
         phone = data.get("phone")
+        position = self.phone_position
+        written = cell_text(values[position] if position < len(values) else None)
         if phone and not errors and phone in self.seen:
+            # The phone as written: "8 (900) 123-42-12" on line 7 may repeat "+79001234212".
+            message = _("Repeats the phone of line %(first)d (%(phone)s); this row is skipped.")
             errors.append(
                 RowError(
                     line,
-                    _("The phone %(phone)s repeats line %(first)d; this row is skipped.")
-                    % {"phone": phone, "first": self.seen[phone]},
+                    message % {"phone": phone, "first": self.seen[phone]},
                     "phone",
-                    phone,
+                    written,
                     "duplicate",
                 )
             )
-            self.result.duplicates += 1
-        if errors:
-            self.result.skipped += 1
+            result.duplicates += 1
+        if errors:  # a skipped row's warnings say nothing more: it is not imported
+            result.skipped += 1
             for error in errors:
                 self.add_error(error)
             return None
+        if problems:
+            result.warned += 1
+            for warning in problems:
+                self.add_warning(warning)
         self.seen[phone] = line
         if self.group:
             groups = data.setdefault("groups", [])
             if self.group not in groups:
                 groups.append(self.group)
-        return line, data
+        if len(result.preview) < PREVIEW_ROWS:
+            self.add_preview(line, data, written)
+        return Row(line, data, written)
+
+    def add_preview(self, line: int, data: dict[str, Any], written: str) -> None:
+        """Keep a good row for the check page, as it will be imported (its fate comes with
+        its batch: new contact, update or no change)."""
+        entry = {
+            "line": line,
+            "written": written,
+            "phone": data["phone"],
+            "values": {k: preview_value(k, v) for k, v in data.items() if k != "phone"},
+            "action": "",
+            "contact_id": None,
+            "contact": "",
+        }
+        self.result.preview.append(entry)
+        self.previewed[line] = entry
+
+    def note_fate(self, row: Row, contact: dict[str, Any] | None, action: str) -> None:
+        """What happens to ``row``, for its preview entry and, when it is a known contact's
+        phone, the list of such rows (the first MATCHES_SHOWN)."""
+        label = ""
+        if contact is not None:
+            name = " ".join(filter(None, (contact["last_name"], contact["first_name"])))
+            label = name or contact["phone"]
+        entry = self.previewed.pop(row.line, None)
+        if entry is not None:
+            entry.update(action=action, contact_id=contact and contact["id"], contact=label)
+        if contact is not None and len(self.result.matches) < MATCHES_SHOWN:
+            self.result.matches.append(
+                {
+                    "line": row.line,
+                    "written": row.written,
+                    "phone": row.data["phone"],
+                    "action": action,
+                    "contact_id": contact["id"],
+                    "contact": label,
+                }
+            )
 
     # --- a batch --------------------------------------------------------------------------
     def write_batch(self, batch: list[Row]) -> None:
@@ -94,25 +169,29 @@ class ContactWriter:
         if not batch:
             return
         now = timezone.now()
-        existing = self.existing_contacts([data["phone"] for _line, data in batch])
-        group_names = {g for _line, data in batch for g in data.get("groups", ())}
+        existing = self.existing_contacts([row.data["phone"] for row in batch])
+        group_names = {g for row in batch for g in row.data.get("groups", ())}
         self.resolve_groups(group_names)
         memberships = self.memberships(existing) if group_names and existing else set()
         new_rows: list[dict[str, Any]] = []
         updates: dict[int, dict[str, Any]] = {}
-        for _line, data in batch:
+        for row in batch:
+            data = row.data
             contact = existing.get(data["phone"])
             if contact is None:
                 new_rows.append(data)
                 self.result.created += 1
+                self.note_fate(row, None, "new")
                 continue
             changes = self.changes(contact, data, now)
             if changes:
                 updates[contact["id"]] = changes
             if changes or self.new_groups(contact["id"], data, memberships):
                 self.result.updated += 1
+                self.note_fate(row, contact, "update")
             else:
                 self.result.unchanged += 1
+                self.note_fate(row, contact, "unchanged")
         if self.dry_run:
             return
         self.insert_contacts(new_rows, now)
@@ -121,7 +200,7 @@ class ContactWriter:
             # Bulk INSERTs skip Contact.save(), which guesses the zone from a fixed-line phone.
             fill_time_zones(Contact.objects.filter(phone__in=[d["phone"] for d in new_rows]))
         self.record_consents(batch)
-        wanted = [(data["phone"], data["groups"]) for _line, data in batch if data.get("groups")]
+        wanted = [(r.data["phone"], r.data["groups"]) for r in batch if r.data.get("groups")]
         if wanted:
             ids = {phone: contact["id"] for phone, contact in existing.items()}
             if new_rows:
@@ -133,10 +212,10 @@ class ContactWriter:
         """The consent column: given (at its date, or now) or withdrawn, with the history
         events of ``crm_sms.consent``; an empty cell leaves the contact as it is."""
         groups: dict[tuple[bool, Any], list[str]] = defaultdict(list)
-        for _line, data in batch:
-            given, at = data.get(CONSENT) or (None, None)
+        for row in batch:
+            given, at = row.data.get(CONSENT) or (None, None)
             if given is not None:
-                groups[(given, at)].append(data["phone"])
+                groups[(given, at)].append(row.data["phone"])
         for (given, at), phones in groups.items():
             contacts = Contact.objects.filter(phone__in=phones)
             reason = _("imported from a file")
@@ -146,8 +225,11 @@ class ContactWriter:
                 withdraw_consent(contacts, source=SOURCE_IMPORT, reason=reason)
 
     def existing_contacts(self, phones: list[str]) -> dict[str, dict[str, Any]]:
-        """The known contacts among ``phones``: phone -> their id, phone and the file's fields."""
-        rows = Contact.objects.filter(phone__in=phones).values("id", "phone", *self.fields_in_file)
+        """The known contacts among ``phones``: phone -> their id, phone, name (to show which
+        contact a row updates) and the file's fields."""
+        names = [f for f in ("last_name", "first_name") if f not in self.fields_in_file]
+        fields = ("id", "phone", *names, *self.fields_in_file)
+        rows = Contact.objects.filter(phone__in=phones).values(*fields)
         return {row["phone"]: row for row in rows}
 
     def memberships(self, existing: dict[str, dict[str, Any]]) -> set[tuple[int, int]]:

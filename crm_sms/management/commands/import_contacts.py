@@ -8,8 +8,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
-from crm_sms.importing import ImportResult, import_contacts
+from crm_sms.importing import FIELD_LABELS, ImportResult, RowError, import_contacts
 
 
 class Command(BaseCommand):
@@ -42,11 +44,7 @@ class Command(BaseCommand):
             if quiet:
                 return
             rate = result.rows / max(time.monotonic() - started, 1e-6)
-            self.stderr.write(
-                f"\r{result.rows} rows: {result.created} new, {result.updated} updated, "
-                f"{result.unchanged} unchanged, {result.skipped} bad ({rate:.0f} rows/s)",
-                ending="",
-            )
+            self.stderr.write(f"\r{progress_line(result, rate)}", ending="")
             self.stderr.flush()
 
         try:
@@ -75,24 +73,140 @@ class Command(BaseCommand):
         detected = result.format.upper()
         if result.encoding:
             delimiter = {"\t": "tab"}.get(result.delimiter or "", result.delimiter)
-            detected += f", {result.encoding}, delimiter {delimiter!r}"
-        self.stdout.write(f"File: {detected}; columns: {', '.join(result.columns)}")
-        if result.ignored_columns:
-            self.stdout.write(f"Ignored columns: {', '.join(result.ignored_columns)}")
-        for error in result.errors[:max_errors]:
-            where = f" [{error.column}]" if error.column else ""
-            self.stdout.write(f"line {error.line}{where}: {error.message}")
-        if result.skipped > max_errors:
-            self.stdout.write(f"… and more: {result.skipped} bad rows in all")
-        verb = "would be" if result.dry_run else "were"
-        summary = (
-            f"{result.rows} rows: {result.created} contacts {verb} created, {result.updated} "
-            f"updated, {result.unchanged} unchanged, {result.skipped} bad rows skipped "
-            f"({result.duplicates} repeated phones)."
+            detected += ", " + _("%(encoding)s, delimiter %(delimiter)r") % {
+                "encoding": result.encoding,
+                "delimiter": delimiter,
+            }
+        columns = ", ".join(
+            f"{title} → {FIELD_LABELS[name]}" for _pos, title, name in result.headers if name
         )
-        if result.groups_created:
-            summary += f" New groups: {', '.join(result.groups_created)}."
-        if result.dry_run:
-            summary += " Dry run: nothing was written."
-        style = self.style.WARNING if result.skipped else self.style.SUCCESS
-        self.stdout.write(style(summary))
+        self.stdout.write(
+            _("File: %(detected)s; columns: %(columns)s")
+            % {"detected": detected, "columns": columns}
+        )
+        if result.ignored_columns:
+            ignored = ", ".join(result.ignored_columns)
+            self.stdout.write(_("Ignored columns: %(ignored)s") % {"ignored": ignored})
+        titles = {name: title for _pos, title, name in result.headers if name}
+        for error in result.errors[:max_errors]:
+            self.stdout.write(problem_line(error, titles))
+        if result.skipped > max_errors:
+            self.stdout.write(
+                counted(
+                    ngettext(
+                        "… and more: %(count)d bad row in all",
+                        "… and more: %(count)d bad rows in all",
+                        result.skipped,
+                    ),
+                    result.skipped,
+                )
+            )
+        for warning in result.warnings[:max_errors]:
+            self.stdout.write(
+                _("warning: %(problem)s") % {"problem": problem_line(warning, titles)}
+            )
+        if len(result.warnings) > max_errors:
+            self.stdout.write(
+                counted(
+                    ngettext(
+                        "… and more: %(count)d warning in all",
+                        "… and more: %(count)d warnings in all",
+                        len(result.warnings),
+                    ),
+                    len(result.warnings),
+                )
+            )
+        style = self.style.WARNING if result.skipped or result.warned else self.style.SUCCESS
+        self.stdout.write(style(summary(result)))
+
+
+def progress_line(result: ImportResult, rate: float) -> str:
+    """The line the command rewrites while it reads: counts so far, every one in its plural
+    form, and the speed."""
+    return _("%(rows)s: %(created)s, %(updated)s, %(unchanged)s, %(bad)s (%(rate)s)") % {
+        "rows": counted(ngettext("%(count)d row", "%(count)d rows", result.rows), result.rows),
+        "created": counted(
+            ngettext("%(count)d new", "%(count)d new", result.created), result.created
+        ),
+        "updated": counted(
+            ngettext("%(count)d updated", "%(count)d updated", result.updated),
+            result.updated,
+        ),
+        "unchanged": counted(
+            ngettext("%(count)d unchanged", "%(count)d unchanged", result.unchanged),
+            result.unchanged,
+        ),
+        "bad": counted(ngettext("%(count)d bad", "%(count)d bad", result.skipped), result.skipped),
+        "rate": _("%(rate)d rows/s") % {"rate": rate},
+    }
+
+
+def counted(text: str, count: int) -> str:
+    """A phrase from ``ngettext`` whose only placeholder is ``%(count)d``, filled. (The call
+    sites keep ``ngettext`` themselves: makemessages finds the phrases there.)"""
+    return text % {"count": count}
+
+
+def problem_line(problem: RowError, titles: dict[str, str]) -> str:
+    """``line 4 [Телефон] “+7 900 123-42-12”: …``: the column as the file titles it, and the
+    value when the message does not quote it."""
+    values = {"line": problem.line, "message": problem.message, "value": problem.value}
+    if not problem.column:
+        return _("line %(line)d: %(message)s") % values
+    values["column"] = titles.get(problem.column, problem.column)
+    if problem.value and problem.value not in problem.message:
+        return _("line %(line)d [%(column)s] “%(value)s”: %(message)s") % values
+    return _("line %(line)d [%(column)s]: %(message)s") % values
+
+
+def summary(result: ImportResult) -> str:
+    """The last line: what was (or would be) done, every count in its plural form."""
+    if result.dry_run:
+        created = counted(
+            ngettext(
+                "%(count)d contact would be created",
+                "%(count)d contacts would be created",
+                result.created,
+            ),
+            result.created,
+        )
+    else:
+        created = counted(
+            ngettext(
+                "%(count)d contact was created", "%(count)d contacts were created", result.created
+            ),
+            result.created,
+        )
+    text = _("%(rows)s: %(created)s, %(updated)s, %(unchanged)s, %(skipped)s (%(repeats)s).") % {
+        "rows": counted(ngettext("%(count)d row", "%(count)d rows", result.rows), result.rows),
+        "created": created,
+        "updated": counted(
+            ngettext("%(count)d updated", "%(count)d updated", result.updated), result.updated
+        ),
+        "unchanged": counted(
+            ngettext("%(count)d unchanged", "%(count)d unchanged", result.unchanged),
+            result.unchanged,
+        ),
+        "skipped": counted(
+            ngettext("%(count)d bad row skipped", "%(count)d bad rows skipped", result.skipped),
+            result.skipped,
+        ),
+        "repeats": counted(
+            ngettext("%(count)d repeated phone", "%(count)d repeated phones", result.duplicates),
+            result.duplicates,
+        ),
+    }
+    if result.warned:
+        text += " " + counted(
+            ngettext(
+                "%(count)d row with a warning (a cell left out).",
+                "%(count)d rows with a warning (a cell left out).",
+                result.warned,
+            ),
+            result.warned,
+        )
+    if result.groups_created:
+        text += " " + _("New groups: %(groups)s.") % {"groups": ", ".join(result.groups_created)}
+    if result.dry_run:
+        text += " " + _("Dry run: nothing was written.")
+    return text
