@@ -31,6 +31,7 @@ COLOURS = {
     "recipients": "#6c7a89",
 }
 FONT_SIZE = 12
+LEGEND_ROW = 16
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,51 @@ def _points(pairs: Sequence[tuple[float, float]]) -> str:
     return " ".join(f"{_num(a)},{_num(b)}" for a, b in pairs)
 
 
-def _legend(svg: ET.Element, series: Sequence[Series], y: float) -> None:
-    """Swatches and labels in a row under the title."""
+def _legend(svg: ET.Element, series: Sequence[Series], y: float, width: float) -> float:
+    """Swatches and labels in rows under the title (a new row where the next would not fit);
+    returns the height added by the rows after the first."""
     group = _el(svg, "g", class_="crm-sms-legend")
-    x = 8.0
+    x, top = 8.0, y
     for s in series:
-        _el(group, "rect", x=x, y=y - 9, width=10, height=10, rx=2, **_paint(s.key))
-        _el(group, "text", s.label, x=x + 14, y=y)
-        x += 14 + 6.6 * len(s.label) + 16
+        item = 14 + text_width(s.label)
+        if x > 8 and x + item > width - 8:
+            x, y = 8.0, y + LEGEND_ROW
+        _el(group, "rect", x=_num(x), y=_num(y - 9), width=10, height=10, rx=2, **_paint(s.key))
+        _el(group, "text", s.label, x=_num(x + 14), y=_num(y))
+        x += item + 16
+    return y - top
+
+
+def _below_legend(box: Box, extra: float) -> Box:
+    return Box(box.left, box.top + extra, box.right, box.bottom)
+
+
+# Character widths at FONT_SIZE, for laying out a legend without measuring it: one width for
+# every letter left a wide gap after a label full of "t", "r", spaces and commas and let a
+# Cyrillic label run into the next. Sized on DejaVu Sans (Linux's sans-serif, the widest of
+# the admin's fonts): with Segoe UI or Roboto the gaps grow a little, they never overlap.
+_NARROW = set("iljI.,:;!|'\"()[] ")
+_THIN = set("ftr-1")
+_WIDE = set("mwMWжшщыюмЖШЩЫЮМ%")
+
+
+def text_width(text: str) -> float:
+    """About how wide ``text`` is at FONT_SIZE, in the SVG's units (CSS pixels)."""
+    width = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            width += 3.8
+        elif ch in _THIN:
+            width += 4.8
+        elif ch in _WIDE:
+            width += 10.6
+        elif ch.isupper():
+            width += 8.4
+        elif "\u0400" <= ch <= "\u04ff":
+            width += 7.6
+        else:
+            width += 7.2
+    return width * FONT_SIZE / 12
 
 
 def _paint(key: str) -> dict[str, str]:
@@ -273,7 +311,7 @@ def stacked_area(
     """Series stacked over ``x`` (numbers in any unit, increasing); ``x_ticks`` are (x, label)
     in the same unit. The first series is drawn at the bottom. One point is drawn as a column."""
     svg, box = _svg(ident, axes.title, axes.desc, frame), frame.plot()
-    _legend(svg, series, frame.head)
+    box = _below_legend(box, _legend(svg, series, frame.head, frame.width))
     totals = [sum(s.values[i] for s in series) for i in range(len(x))]
     if not x or max(totals, default=0) <= 0:
         return _empty(svg, box, axes.empty)
@@ -315,7 +353,7 @@ def stacked_bars(
     """One column per category, its series stacked (the first at the bottom); every
     ``label_every``-th category is labelled on the x axis. Each segment has a tooltip."""
     svg, box = _svg(ident, axes.title, axes.desc, frame), frame.plot()
-    _legend(svg, series, frame.head)
+    box = _below_legend(box, _legend(svg, series, frame.head, frame.width))
     totals = [sum(s.values[i] for s in series) for i in range(len(categories))]
     if not categories or max(totals, default=0) <= 0:
         return _empty(svg, box, axes.empty)

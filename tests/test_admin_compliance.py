@@ -298,7 +298,8 @@ def test_campaign_kind_window_and_costs(admin_en, people):
         reverse("admin:crm_sms_campaign_changelist"), {"kind__exact": "advertising"}
     )
     assert list(page.context["cl"].result_list) == [campaign]
-    assert "column-kind" in page.content.decode()
+    listing = page.content.decode()
+    assert "column-status_column" in listing and "advertising" in listing  # kind under status
     html = admin_en.get(
         reverse("admin:crm_sms_campaign_change", args=[campaign.pk])
     ).content.decode()

@@ -14,6 +14,10 @@ SEND_SMS_PERMISSION = "crm_sms.send_sms"
 #: "export" would ask for too.
 EXPORT_CONTACTS_PERMISSION = "crm_sms.export_contact"
 
+#: The admin's empty value on every crm-sms page (Django's default is "-"): the app's own
+#: texts (a time not yet set, no reason) write "—", and one page must not mix the two.
+EMPTY_VALUE = "—"
+
 # The session key of the draft campaign chosen with "Send to contacts…": the next "Send SMS…"
 # page starts from its text.
 DRAFT_SESSION_KEY = "crm_sms_draft"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
@@ -18,12 +19,13 @@ from django.utils.translation import gettext, gettext_lazy, pgettext_lazy
 from import_export.admin import ExportMixin
 from import_export.formats import base_formats
 
-from ..models import Contact, ContactGroup
+from ..models import Contact, ContactEvent, ContactGroup
 from ..phones import normalize_phone
 from ..resources import ContactResource
-from .common import EXPORT_CONTACTS_PERMISSION
-from .consent_actions import ConsentAdminMixin
+from .common import EMPTY_VALUE, EXPORT_CONTACTS_PERMISSION
+from .consent_actions import ConsentAdminMixin, ContactEventInline, ContactForm
 from .contact_history import ContactHistoryMixin
+from .event_display import consent_source_label
 from .imports import ContactImportMixin
 from .paginator import LargeListMixin
 from .search import ContactSearchMixin, GroupFilter
@@ -55,6 +57,40 @@ class PhoneSearchMixin:
         return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
 
 
+def _source_help(model: type) -> dict[str, Any]:
+    """The help text of ``model.source``-like fields, for the columns that show them
+    translated (a method has no help text of its own)."""
+    name = "consent_source" if model is Contact else "source"
+    return {"source_display": model._meta.get_field(name).help_text}
+
+
+class ContactAdminForm(ContactForm):
+    class Meta(ContactForm.Meta):
+        help_texts = _source_help(Contact)
+
+
+class ContactEventForm(forms.ModelForm):
+    class Meta:
+        model = ContactEvent
+        fields = ()
+        help_texts = _source_help(ContactEvent)
+
+
+class ContactEventLogInline(ContactEventInline):
+    """The consent and opt-out history with its sources translated (web form → «веб-форма»);
+    admin.css hides the row labels ("1: consent given", the raw __str__)."""
+
+    form = ContactEventForm
+    fields = ("kind", "source_display", "reason", "actor", "created_at")
+    readonly_fields = fields
+    classes = ["crm-sms-log"]
+    empty_value_display = EMPTY_VALUE
+
+    @admin.display(description=ContactEvent._meta.get_field("source").verbose_name)
+    def source_display(self, event: ContactEvent) -> str:
+        return consent_source_label(event.source)
+
+
 class ContactAdmin(
     ContactHistoryMixin,
     LargeListMixin,
@@ -84,6 +120,7 @@ class ContactAdmin(
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a count per filter choice is costly on big tables
     list_per_page = 100
+    empty_value_display = EMPTY_VALUE
     fieldsets = (
         (None, {"fields": ("last_name", "first_name", "middle_name", "phone", "email")}),
         (gettext_lazy("Groups"), {"fields": ("groups",)}),
@@ -108,6 +145,28 @@ class ContactAdmin(
 
     class Media:
         css = {"all": ["crm_sms/admin.css"]}  # the list's widths and the opted-out mark
+
+    form = ContactAdminForm
+
+    # The consent source translated when it is a known one (stored as it came).
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [
+            (name, {**opts, "fields": [_translated(f) for f in opts.get("fields", ())]})
+            for name, opts in super().get_fieldsets(request, obj)
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [_translated(f) for f in super().get_readonly_fields(request, obj)]
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [
+            ContactEventLogInline if inline is ContactEventInline else inline
+            for inline in super().get_inlines(request, obj)
+        ]
+
+    @admin.display(description=Contact._meta.get_field("consent_source").verbose_name)
+    def source_display(self, contact: Contact) -> str:
+        return consent_source_label(contact.consent_source) or self.get_empty_value_display()
 
     @admin.display(description=pgettext_lazy("a person's", "name"), ordering="last_name")
     def full_name(self, contact: Contact) -> str:
@@ -147,6 +206,10 @@ class ContactAdmin(
         return ", ".join(g.name for g in groups)
 
 
+def _translated(field: Any) -> Any:
+    return "source_display" if field == "consent_source" else field
+
+
 class GroupChangeList(ChangeList):
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -166,6 +229,7 @@ class ContactGroupAdmin(SendSMSAdminMixin, admin.ModelAdmin):
     list_display = ("name", "description", "contacts_count")
     search_fields = ("name",)
     show_full_result_count = False
+    empty_value_display = EMPTY_VALUE
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return GroupChangeList

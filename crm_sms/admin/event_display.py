@@ -10,10 +10,12 @@ from django.contrib import admin
 from django.db.models import Model
 from django.utils import timezone
 from django.utils.formats import date_format, get_format
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
+from .. import consent
 from ..event_text import describe
 from ..models import MessageEvent
+from .common import EMPTY_VALUE
 
 
 class EventDescriptionMixin:
@@ -31,7 +33,7 @@ SECONDS_FORMAT = "j E Y, H:i:s"
 def to_the_second(value) -> str:
     """A time in the current time zone, with seconds; "—" for none."""
     if value is None:
-        return "—"
+        return EMPTY_VALUE
     return date_format(timezone.localtime(value), SECONDS_FORMAT)
 
 
@@ -64,3 +66,20 @@ class EventTimeMixin:
     @admin.display(description=gettext_lazy("time"), ordering="created_at")
     def created_at_display(self, event: MessageEvent) -> str:
         return to_the_second(event.created_at)
+
+
+#: The known consent and opt-out sources (``crm_sms.consent.SOURCE_*``, the consent form's
+#: choices) as people read them; the stored value stays language-neutral, free text as typed.
+CONSENT_SOURCES = {
+    consent.SOURCE_ADMIN: gettext_lazy("admin"),
+    consent.SOURCE_IMPORT: pgettext_lazy("consent source", "import"),
+    consent.SOURCE_SMS_REPLY: pgettext_lazy("consent source", "SMS reply"),
+    consent.SOURCE_WEB_FORM: gettext_lazy("web form"),
+    consent.SOURCE_PAPER: gettext_lazy("paper"),
+    "phone call": gettext_lazy("phone call"),
+}
+
+
+def consent_source_label(source: str) -> str:
+    """A consent or opt-out source in the reader's language when it is a known one."""
+    return str(CONSENT_SOURCES.get(source, source))

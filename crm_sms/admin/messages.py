@@ -11,27 +11,20 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from ..backends import provider_choices
 from ..models import ACTIVE_STATUSES, Message, MessageEvent, MessageStatus
-from .common import SEND_SMS_PERMISSION
+from .common import EMPTY_VALUE, SEND_SMS_PERMISSION
 from .contacts import search_phone
-from .event_display import EventDescriptionMixin, EventTimeMixin, seconds_display
+from .event_display import (
+    EventDescriptionMixin,
+    EventTimeMixin,
+    seconds_display,
+    to_the_second_short,
+)
 from .paginator import LargeListMixin
 from .resend import resend_selected
-
-#: The status column's colours: green done, blue on its way, red failed, amber uncertain.
-STATUS_COLOURS = {
-    MessageStatus.QUEUED: "#666",
-    MessageStatus.SENDING: "#417690",
-    MessageStatus.SENT: "#417690",
-    MessageStatus.DELIVERED: "#2e7d32",
-    MessageStatus.UNDELIVERED: "#ba2121",
-    MessageStatus.FAILED: "#ba2121",
-    MessageStatus.CANCELLED: "#666",
-    MessageStatus.UNCERTAIN: "#b35c00",
-}
 
 #: What a status means for what happens next, on the message page.
 STATUS_EXPLAINED = {
@@ -88,6 +81,10 @@ class ReadOnlyAdminMixin:
 class MessageEventInline(EventTimeMixin, EventDescriptionMixin, admin.TabularInline):
     model = MessageEvent
     extra = 0
+    empty_value_display = EMPTY_VALUE
+    # admin.css hides the row labels ("1: queued → sending", the raw __str__): the columns
+    # say it, translated.
+    classes = ["crm-sms-log"]
     can_delete = False
     fields = (
         "created_at_display",
@@ -108,19 +105,18 @@ class MessageEventInline(EventTimeMixin, EventDescriptionMixin, admin.TabularInl
 
 
 class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Six columns: the list fits a 1366 px screen with both sidebars (the provider under the
+    # phone, the error code under the status, the delivery time under the sending time; parts
+    # and attempts are on the message's page).
     list_display = (
-        "phone",
-        "status_badge",
+        "phone_column",
+        "status_column",
         "campaign",
-        "provider_column",
         "short_text",
-        "segments",
-        "attempts",
-        "error_code",
         "created_at_column",
         "sent_at_column",
-        "delivered_at_column",
     )
+    list_display_links = ("phone_column",)
     list_filter = ("status", ProviderFilter, "campaign", "created_at")
     list_select_related = ("campaign",)
     # Searched by get_search_results below: exact and indexed.
@@ -129,7 +125,12 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
+    empty_value_display = EMPTY_VALUE
     inlines = [MessageEventInline]
+
+    class Media:
+        css = {"all": ["crm_sms/admin.css"]}  # status colours, the list's widths
+
     actions = ["resend_action"]
     readonly_fields = (
         "campaign",
@@ -163,8 +164,6 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     # Times to the second: the order of a message's steps and events must be readable.
     created_at_column = seconds_display("created_at", Message, short=True)
-    sent_at_column = seconds_display("sent_at", Message, short=True)
-    delivered_at_column = seconds_display("delivered_at", Message, short=True)
     window_end_at_display = seconds_display("window_end_at", Message)
     next_attempt_at_display = seconds_display("next_attempt_at", Message)
     claimed_at_display = seconds_display("claimed_at", Message)
@@ -178,11 +177,21 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         """ "Next attempt" only while one is owed (queued, sending): not on a message that
-        is sent, delivered, failed, cancelled or uncertain."""
+        is sent, delivered, failed, cancelled or uncertain; "may have been sent" and "what it
+        means" only when they have something to say."""
         fields = super().get_fields(request, obj)
-        if obj is not None and obj.status not in ACTIVE_STATUSES:
-            fields = [f for f in fields if f != "next_attempt_at_display"]
-        return fields
+        if obj is None:
+            return fields
+        hidden = set()
+        if obj.status not in ACTIVE_STATUSES:
+            hidden.add("next_attempt_at_display")
+        # "May have been sent" and what it means only when it is in doubt: on a plainly
+        # delivered message its ✗ and its long help text say nothing.
+        if not (obj.maybe_sent or obj.status == MessageStatus.UNCERTAIN):
+            hidden.add("maybe_sent")
+        if not self.explanation(obj):
+            hidden.add("status_explained")
+        return [f for f in fields if f not in hidden]
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
@@ -217,25 +226,51 @@ class MessageAdmin(LargeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             message.moved_from,
         )
 
+    @admin.display(description=pgettext_lazy("column", "phone / provider"), ordering="phone")
+    def phone_column(self, message: Message) -> str:
+        return format_html(
+            '{}<div class="crm-sms-quiet">{}</div>', message.phone, self.provider_column(message)
+        )
+
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_column(self, message: Message) -> str:
+        """The status and, below it, the error code if there is one."""
+        if not message.error_code:
+            return self.status_badge(message)
+        return format_html(
+            '{}<div class="crm-sms-quiet">{}</div>', self.status_badge(message), message.error_code
+        )
+
+    @admin.display(description=pgettext_lazy("column", "sent / delivered"), ordering="sent_at")
+    def sent_at_column(self, message: Message) -> str | None:
+        """When it was sent and, below, when it was delivered (to the second)."""
+        sent = to_the_second_short(message.sent_at)
+        delivered = to_the_second_short(message.delivered_at)
+        if delivered is None:
+            return sent
+        sent = sent or self.get_empty_value_display()
+        return format_html('{}<div class="crm-sms-quiet">{}</div>', sent, delivered)
+
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, message: Message) -> str:
-        colour = STATUS_COLOURS.get(message.status, "inherit")
-        weight = "bold" if message.status == MessageStatus.UNCERTAIN else "normal"
+        # Coloured by admin.css (green done, blue on its way, red failed, amber uncertain),
+        # with a dark-theme variant of each.
         return format_html(
-            '<span class="crm-sms-status crm-sms-status-{}" style="color: {}; font-weight: {}">'
-            "{}</span>",
+            '<span class="crm-sms-status crm-sms-status-{}">{}</span>',
             message.status,
-            colour,
-            weight,
             message.get_status_display(),
         )
 
     @admin.display(description=gettext_lazy("what it means"))
     def status_explained(self, message: Message) -> str:
+        return self.explanation(message) or EMPTY_VALUE
+
+    @staticmethod
+    def explanation(message: Message) -> str:
         texts = [str(STATUS_EXPLAINED.get(message.status, ""))]
         if message.maybe_sent and message.status != MessageStatus.UNCERTAIN:
             texts.append(str(MAYBE_SENT_EXPLAINED))
-        return " ".join(t for t in texts if t) or "—"
+        return " ".join(t for t in texts if t)
 
     @admin.action(
         description=gettext_lazy("Resend failed or uncertain messages…"), permissions=["send_sms"]
@@ -259,6 +294,7 @@ class MessageEventAdmin(
     )
     list_select_related = ("message",)
     search_fields = ("message__msg_id__exact",)
+    empty_value_display = EMPTY_VALUE
     # Newest first: the log's first page is what just happened (the (created_at, id) index).
     ordering = ("-created_at", "-id")
     show_full_result_count = False
