@@ -159,7 +159,7 @@ def test_contact_list_fits_1366_and_marks_only_opted_out_contacts(browser_page, 
                 ".map(c => c.className + ': ' + c.textContent.trim())",
             )
             assert spilled == [], spilled
-            marks = page.locator("#result_list td.field-opted_out_mark img")
+            marks = page.locator("#result_list td.field-opted_out_mark .crm-sms-opted-out")
             assert marks.count() == sum(c.opted_out for c in contacts)
         finally:
             browser.close()
