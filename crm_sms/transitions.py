@@ -9,7 +9,8 @@
 
 Every status change goes through ``move_messages`` or ``move_campaigns``: they refuse a move the
 table lacks (``InvalidTransition``), write the rows, and (for messages) record one
-``MessageEvent`` per move and send ``message_status_changed``. docs/statuses.md shows the table
+``MessageEvent`` per move and send ``message_status_changed``, and keep the messages per
+(campaign, status) in the same transaction (``campaign_counts``). docs/statuses.md shows the table
 as diagrams; a test keeps the two equal (``mermaid`` and ``moves_table`` render it).
 """
 
@@ -27,6 +28,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .bulk import update_rows
+from .campaign_counts import add_counts
 from .events import EventRow, record_events
 from .exceptions import InvalidTransition
 from .models import (
@@ -228,6 +230,7 @@ def move_messages(
             moved = list(moves)
         else:
             moved = _write_where(moves, tuple(where), now)
+        deltas = _count_deltas(moved)
         events = []
         for move in moved:
             move.apply(now)
@@ -244,7 +247,42 @@ def move_messages(
                 )
             )
         record_events(events)
+        # Last: the counts' rows are shared by every writer of a campaign, so they are
+        # locked as briefly as possible (until our commit), in one sorted statement.
+        add_counts(deltas)
     return moved
+
+
+def _count_deltas(moved: Sequence[MessageMove]) -> dict[tuple[int, str], int]:
+    """The changes to ``CampaignStatusCount`` of ``moved`` (before ``apply``): per message,
+    one fewer in its first old status and one more in its last new one."""
+    first: dict[Any, MessageMove] = {}
+    last: dict[Any, MessageMove] = {}
+    for move in moved:
+        first.setdefault(move.message.pk, move)
+        last[move.message.pk] = move
+    campaigns = _campaign_ids([move.message for move in first.values()])
+    deltas: dict[tuple[int, str], int] = defaultdict(int)
+    for pk, move in first.items():
+        campaign_id, new = campaigns.get(pk), last[pk].new
+        if campaign_id is not None and move.old != new:
+            deltas[(campaign_id, move.old)] -= 1
+            deltas[(campaign_id, new)] += 1
+    return deltas
+
+
+def _campaign_ids(messages: Sequence[Message]) -> dict[Any, int | None]:
+    """Each message's campaign id; one query for those read without it (``only(...)``)."""
+    found: dict[Any, int | None] = {}
+    missing = []
+    for message in messages:
+        if "campaign_id" in message.__dict__:
+            found[message.pk] = message.campaign_id
+        else:
+            missing.append(message.pk)
+    if missing:
+        found.update(Message.objects.filter(pk__in=missing).values_list("pk", "campaign_id"))
+    return found
 
 
 #: Primary keys per conditional UPDATE (well under every database's parameter limit).

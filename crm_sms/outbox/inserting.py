@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..bulk import RowInserter
+from ..campaign_counts import add_counts
 from ..models import Campaign, Message, MessageStatus, new_msg_ids
 from ..quiet_hours import schedule
 from .recipients import Recipient, Selection, cached_sms_info
@@ -25,10 +26,11 @@ def insert_messages(
     """INSERT a ``queued`` Message per recipient, each with a fresh msg_id, ``INSERT_BATCH``
     rows at a time (the ORM's bulk_create dominated a 100,000-message campaign), due at its
     window's next opening in its recipient's zone (``quiet_hours.schedule``, once per zone);
-    returns the SMS parts inserted."""
+    returns the SMS parts inserted. The campaign's ``queued`` count grows by the rows, in the
+    caller's transaction (``crm_sms.campaign_counts``)."""
     inserter = _inserter(campaign, sel, now)
     batch: list[Recipient] = []
-    segments = 0
+    segments = inserted = 0
     slots: dict[str, tuple[Any, Any]] = {}
 
     def slot(zone: str) -> tuple[Any, Any]:
@@ -48,8 +50,9 @@ def insert_messages(
         ]
         inserter.insert(rows)
         batch.clear()
-        nonlocal segments
+        nonlocal segments, inserted
         segments += sum(row[3] for row in rows)
+        inserted += len(rows)
 
     for recipient in recipients:
         batch.append(recipient)
@@ -57,6 +60,7 @@ def insert_messages(
             flush()
     if batch:
         flush()
+    add_counts({(campaign.pk, MessageStatus.QUEUED): inserted})
     return segments
 
 
