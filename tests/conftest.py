@@ -12,6 +12,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures_outbox",
     "tests.fixtures_compliance",
     "tests.fixtures_http",
+    "tests.fixtures_browser",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -89,16 +89,6 @@ def make_data(admin_user):
     return campaigns, delivered
 
 
-def log_in(page, base: str) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(f"{base}/admin/login/?next=/admin/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    expect(page.locator("#user-tools")).to_be_visible()
-
-
 def widths(page) -> dict[str, int]:
     """The page's and the result table's box's scroll and visible widths."""
     return page.evaluate(
@@ -108,32 +98,6 @@ def widths(page) -> dict[str, int]:
                     results: box.scrollWidth, resultsBox: box.clientWidth};
         }"""
     )
-
-
-@pytest.fixture
-def browser_page(django_db_setup, live_server, sms_providers, admin_user, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-
-    def open_page(pw, language: str, scheme: str = "light"):
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        context = browser.new_context(
-            locale="ru-RU" if language == "ru" else "en-US",
-            color_scheme=scheme,
-            viewport={"width": 1366, "height": 900},
-            extra_http_headers={"Accept-Language": language},
-        )
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        log_in(page, live_server.url)
-        return browser, page
-
-    with sync_playwright() as pw:
-        yield live_server.url, lambda language, scheme="light": open_page(pw, language, scheme)
 
 
 @pytest.mark.parametrize("language", ["en", "ru"])
