@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import django
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -360,6 +361,7 @@ class CampaignAdmin(CampaignComplianceMixin, admin.ModelAdmin):
         counts = state["counts"]
         return {
             "campaign_state": state,
+            "crm_sms_tools_in_header": django.VERSION >= (6, 0),
             "status_rows": [
                 (s.label, s.value, counts[s.value], f"{of_campaign}&status__exact={s.value}")
                 for s in MessageStatus
