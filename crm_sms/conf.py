@@ -110,12 +110,26 @@ RENAMED = {"POLL_INTERVAL": "IDLE_SLEEP"}
 
 
 def sms_settings() -> dict[str, Any]:
-    """``settings.CRM_SMS`` over the defaults."""
-    configured = dict(getattr(settings, "CRM_SMS", {}))
+    """``settings.CRM_SMS`` over the defaults (do not change the dict: it is shared).
+
+    Merged again only when ``settings.CRM_SMS`` is another object (settings are not changed
+    in place; tests replace them): a callback reads three settings, thousands of times a
+    second."""
+    global _merged
+    configured = getattr(settings, "CRM_SMS", None)
+    merged = _merged
+    if merged is not None and merged[0] is configured:
+        return merged[1]
+    values = dict(configured or {})
     for old, new in RENAMED.items():
-        if old in configured:
-            configured.setdefault(new, configured.pop(old))
-    return {**DEFAULTS, **configured}
+        if old in values:
+            values.setdefault(new, values.pop(old))
+    result = {**DEFAULTS, **values}
+    _merged = (configured, result)
+    return result
+
+
+_merged: tuple[Any, dict[str, Any]] | None = None  # (settings.CRM_SMS, merged)
 
 
 def get_setting(name: str) -> Any:
