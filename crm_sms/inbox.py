@@ -102,7 +102,7 @@ def spool_dir() -> Path:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _report_body(report: DeliveryReport) -> dict[str, Any]:
+def report_body(report: DeliveryReport) -> dict[str, Any]:
     """``report`` cleaned (``reports.clean_report``) as a JSON object: a spool line's
     ``report``, an item of a queued row's ``reports``."""
     report = clean_report(report)
@@ -118,7 +118,7 @@ def _report_body(report: DeliveryReport) -> dict[str, Any]:
 
 
 def _report_line(report: DeliveryReport, head: dict[str, Any]) -> str:
-    return json.dumps({**head, "report": _report_body(report)}, separators=(",", ":"))
+    return json.dumps({**head, "report": report_body(report)}, separators=(",", ":"))
 
 
 def spool_reports(
@@ -188,7 +188,7 @@ def _parse_line(line: str) -> tuple[str, str, DeliveryReport]:
 
 
 def _report_from_body(body: Any) -> DeliveryReport:
-    """The report a ``_report_body`` object holds; ValueError when it is not one."""
+    """The report a ``report_body`` object holds; ValueError when it is not one."""
     if not isinstance(body, dict):
         raise ValueError("no report")
     delivered_at = body.get("delivered_at")
@@ -294,7 +294,7 @@ def _apply_entries(entries: Iterable[tuple[str, str, DeliveryReport]]) -> Counte
         groups.setdefault((provider, source), []).append(report)
     applied: Counter = Counter()
     for (provider, source), reports in groups.items():
-        # Cleaned when they were written (``_report_body``): not cleaned twice.
+        # Cleaned when they were written (``report_body``): not cleaned twice.
         applied.update(
             apply_delivery_reports(reports, provider=provider, source=source, cleaned=True)
         )
@@ -436,7 +436,7 @@ def queue_reports(
 
     On PostgreSQL outside a transaction, concurrent calls of one process share the INSERT
     and its commit (``crm_sms.groupcommit``); each returns once its own row is committed."""
-    bodies = [_report_body(report) for report in reports]
+    bodies = [report_body(report) for report in reports]
     if not bodies:
         return 0
     row = (provider, str(source), timezone.now(), json.dumps(bodies, separators=(",", ":")))
@@ -450,7 +450,7 @@ def queue_reports(
     received_at = QueuedReport._meta.get_field("received_at")
     values = [*row[:2], received_at.get_db_prep_save(row[2], connection), row[3]]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(1), values)
+        cursor.execute(insert_sql(1), values)
     return len(bodies)
 
 
@@ -462,10 +462,10 @@ def _insert_rows(rows: Sequence[tuple[Any, ...]]) -> None:
     connection.ensure_connection()
     params = [value for row in rows for value in row]
     with connection._prepare_cursor(_UnpreparedCursor(connection.connection)) as cursor:
-        cursor.execute(_insert_sql(len(rows)), params)
+        cursor.execute(insert_sql(len(rows)), params)
 
 
-def _insert_sql(rows: int) -> str:
+def insert_sql(rows: int) -> str:
     """The INSERT of ``rows`` ``QueuedReport`` rows (the quoting of the connection's database)."""
     key = (connection.vendor, rows)
     sql = _INSERT_SQL.get(key)

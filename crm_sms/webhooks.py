@@ -77,7 +77,7 @@ def token_is_valid(token: str) -> bool:
     return ok
 
 
-def _plain(text: str, status: int) -> HttpResponse:
+def plain(text: str, status: int) -> HttpResponse:
     return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
 
 
@@ -92,17 +92,26 @@ def _backend(provider: str, token: str, what: str) -> BaseBackend:
         raise Http404("No such provider") from exc
 
 
+def callback_backend(provider: str, token: str) -> BaseBackend:
+    """The backend taking delivery reports at ``provider``'s URL; Http404 for a wrong token,
+    an unknown provider alias or a provider that takes no callbacks."""
+    backend = _backend(provider, token, "delivery report")
+    if not backend.supports_callbacks:
+        raise Http404("This provider takes no callbacks")
+    return backend
+
+
 @csrf_exempt
 @require_POST
 def callback(request: HttpRequest, provider: str, token: str) -> HttpResponse:
     """Receive a provider's delivery report(s), apply them, answer as the table above says."""
-    backend = _backend(provider, token, "delivery report")
-    if not backend.supports_callbacks:
-        raise Http404("This provider takes no callbacks")
+    backend = callback_backend(provider, token)
     refusal = _read_body(request, provider)
     if refusal is not None:
         return refusal
-    parsed = _parse(lambda: _report_or_inbound(backend, request), provider, "delivery report")
+    parsed = parse_or_refuse(
+        lambda: _report_or_inbound(backend, request), provider, "delivery report"
+    )
     if isinstance(parsed, HttpResponse):
         return parsed
     inbound, items = parsed
@@ -122,7 +131,7 @@ def inbound(request: HttpRequest, provider: str, token: str) -> HttpResponse:
     refusal = _read_body(request, provider)
     if refusal is not None:
         return refusal
-    parsed = _parse(lambda: backend.parse_inbound(request), provider, "incoming message")
+    parsed = parse_or_refuse(lambda: backend.parse_inbound(request), provider, "incoming message")
     if isinstance(parsed, HttpResponse):
         return parsed
     return _act_on_inbound(backend, provider, parsed)
@@ -135,29 +144,29 @@ def _report_or_inbound(backend: BaseBackend, request: HttpRequest) -> tuple[bool
     return False, backend.parse_callback(request)
 
 
-def _parse(parse: Callable[[], Any], provider: str, what: str) -> Any:
+def parse_or_refuse(parse: Callable[[], Any], provider: str, what: str) -> Any:
     """What ``parse()`` returns, or the answer to a request it refused: 403 (signature), 413,
     400 (malformed: a line, no traceback), 500 (a bug of ours)."""
     try:
         return parse()
     except CallbackForbidden as exc:
         logger.warning("Refused a %s %s: %s", provider, what, _short(exc))
-        return _plain("Forbidden", 403)
+        return plain("Forbidden", 403)
     except RequestDataTooBig as exc:
         logger.warning("Refused a %s %s: %s", provider, what, _short(exc))
-        return _plain("Report too large", 413)
+        return plain("Report too large", 413)
     except (BadRequest, CallbackError, SuspiciousOperation, UnreadablePostError, ValueError) as exc:
         # ValueError: not UTF-8, not JSON, a number too long; SuspiciousOperation: Django
         # refused the form (too many fields); BadRequest: a form that is not UTF-8. Answered
         # in a line, without a traceback.
         logger.warning("Malformed %s %s: %s", provider, what, _short(exc))
-        return _plain(f"Malformed report: {_short(exc)}", 400)
+        return plain(f"Malformed report: {_short(exc)}", 400)
     except RecursionError:
         logger.warning("Malformed %s %s: nested too deeply", provider, what)
-        return _plain("Malformed report: nested too deeply", 400)
+        return plain("Malformed report: nested too deeply", 400)
     except Exception:
         logger.exception("Parsing a %s %s failed", provider, what)
-        return _plain("Internal error; please retry", 500)
+        return plain("Internal error; please retry", 500)
 
 
 def _act_on_inbound(
@@ -171,7 +180,7 @@ def _act_on_inbound(
         counts = handle_inbound(messages, provider=provider)
     except Exception:
         logger.exception("Handling %d %s incoming message(s) failed", len(messages), provider)
-        return _plain("Internal error; please retry", 500)
+        return plain("Internal error; please retry", 500)
     logger.debug("Incoming messages from %s: %s", provider, counts)
     return backend.inbound_response(messages)
 
@@ -203,11 +212,11 @@ def _read_body(request: HttpRequest, provider: str) -> HttpResponse | None:
                 body = request._body = request.read(limit + 1)  # request.body from now on
         except OSError as exc:  # UnreadablePostError: the client went away
             logger.warning("Unreadable %s delivery report: %s", provider, _short(exc))
-            return _plain("Malformed report: the body could not be read", 400)
+            return plain("Malformed report: the body could not be read", 400)
         if len(body) <= limit:
             return None
     logger.warning("A %s delivery report over %d bytes refused", provider, limit)
-    return _plain(f"Report too large (the limit is {limit} bytes)", 413)
+    return plain(f"Report too large (the limit is {limit} bytes)", 413)
 
 
 def _apply(backend: BaseBackend, provider: str, reports: list[DeliveryReport]) -> HttpResponse:
@@ -218,16 +227,16 @@ def _apply(backend: BaseBackend, provider: str, reports: list[DeliveryReport]) -
     try:
         counts = receive_reports(reports, provider=provider)
     except (OperationalError, InterfaceError) as exc:
-        return _spool(backend, provider, reports, exc)
+        return spool(backend, provider, reports, exc)
     except Exception:
         # A bug of ours: 500, so the provider retries the report later.
         logger.exception("Applying %d %s delivery report(s) failed", len(reports), provider)
-        return _plain("Internal error; please retry", 500)
+        return plain("Internal error; please retry", 500)
     logger.debug("Delivery reports from %s: %s", provider, counts)
     return backend.callback_response(reports)
 
 
-def _spool(
+def spool(
     backend: BaseBackend, provider: str, reports: list[DeliveryReport], error: Exception
 ) -> HttpResponse:
     """The database cannot take the reports now: keep them on disk (``crm_sms.inbox``), to be
@@ -244,7 +253,7 @@ def _spool(
             len(reports),
             provider,
         )
-        return _plain("Internal error; please retry", 500)
+        return plain("Internal error; please retry", 500)
     logger.warning(
         "The database is unavailable (%s): %d %s delivery report(s) spooled to %s, to be "
         "applied when it is back",
