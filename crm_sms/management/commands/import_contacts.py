@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -88,36 +89,32 @@ class Command(BaseCommand):
             ignored = ", ".join(result.ignored_columns)
             self.stdout.write(_("Ignored columns: %(ignored)s") % {"ignored": ignored})
         titles = {name: title for _pos, title, name in result.headers if name}
-        for error in result.errors[:max_errors]:
-            self.stdout.write(problem_line(error, titles))
-        if result.skipped > max_errors:
-            self.stdout.write(
-                counted(
-                    ngettext(
-                        "… and more: %(count)d bad row in all",
-                        "… and more: %(count)d bad rows in all",
-                        result.skipped,
-                    ),
-                    result.skipped,
-                )
-            )
-        for warning in result.warnings[:max_errors]:
-            self.stdout.write(
+        self.write_problems(
+            [problem_line(error, titles) for error in result.errors[:max_errors]],
+            result.skipped,
+            lambda n: ngettext(
+                "… and more: %(count)d bad row in all", "… and more: %(count)d bad rows in all", n
+            ),
+        )
+        self.write_problems(
+            [
                 _("warning: %(problem)s") % {"problem": problem_line(warning, titles)}
-            )
-        if len(result.warnings) > max_errors:
-            self.stdout.write(
-                counted(
-                    ngettext(
-                        "… and more: %(count)d warning in all",
-                        "… and more: %(count)d warnings in all",
-                        len(result.warnings),
-                    ),
-                    len(result.warnings),
-                )
-            )
+                for warning in result.warnings[:max_errors]
+            ],
+            len(result.warnings),
+            lambda n: ngettext(
+                "… and more: %(count)d warning in all", "… and more: %(count)d warnings in all", n
+            ),
+        )
         style = self.style.WARNING if result.skipped or result.warned else self.style.SUCCESS
         self.stdout.write(style(summary(result)))
+
+    def write_problems(self, lines: list[str], total: int, more: Callable[[int], str]) -> None:
+        """The first problems, one per line, and "… and more" when there were ``total``."""
+        for line in lines:
+            self.stdout.write(line)
+        if total > len(lines):
+            self.stdout.write(counted(more(total), total))
 
 
 def progress_line(result: ImportResult, rate: float) -> str:
