@@ -23,7 +23,13 @@ from crm_sms import inbox
 from crm_sms.asgi import CallbackApplication, QueueWriter
 from crm_sms.models import Message, MessageEvent, MessageStatus, QueuedReport
 from tests.fixtures_outbox import ROOT
-from tests.test_report_inbox import admin_connection, closed_port, manage, site_environment
+from tests.test_report_inbox import (
+    closed_port,
+    create_sent_messages,
+    manage,
+    scratch_database,
+)
+from tests.test_report_queue import queued_settings
 
 S = MessageStatus
 TOKEN = "asgi-token-0123456789abcdef"
@@ -36,17 +42,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def queued(settings, tmp_path, requires_postgres, transactional_db):
     """MegaFon as the default provider (never contacted), reports queued, on PostgreSQL."""
-    settings.CRM_SMS = {
-        "PROVIDERS": {
-            "default": {
-                "BACKEND": "crm_sms.backends.megafon.MegafonBackend",
-                "OPTIONS": {"login": "u", "password": "p", "base_url": "http://127.0.0.1:9"},
-            }
-        },
-        "CALLBACK_TOKEN": TOKEN,
-        "REPORT_SPOOL_DIR": str(tmp_path / "spool"),
-        "REPORTS": "queued",
-    }
+    settings.CRM_SMS = queued_settings(TOKEN, tmp_path / "spool")
     settings.ALLOWED_HOSTS = ["127.0.0.1"]
     return settings
 
@@ -282,69 +278,49 @@ def test_gunicorn_with_uvicorn_workers_takes_reports_that_sms_reports_applies(
     requires_postgres, tmp_path
 ):
     import requests
-    from django.db import connection
 
     name = f"crm_sms_asgi_{os.getpid()}"
-    params = connection.settings_dict
-    url = f"postgres://{params['USER'] or 'postgres'}@{params['HOST'] or '127.0.0.1'}:"
-    url += f"{params['PORT'] or 5432}/{name}"
-    env = site_environment(url, tmp_path / "spool")
-    env.update(SMS_CALLBACK_TOKEN=TOKEN, SMS_REPORTS="queued", DEBUG="0")
-    env["SECRET_KEY"] = "asgi-test-secret-key-not-for-production-0123456789-abcdefghij"
-    with admin_connection() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
+    with scratch_database(name, tmp_path / "spool") as (_admin, env):
+        env.update(SMS_CALLBACK_TOKEN=TOKEN, SMS_REPORTS="queued", DEBUG="0")
+        env["SECRET_KEY"] = "asgi-test-secret-key-not-for-production-0123456789-abcdefghij"
+        msg_ids = create_sent_messages(env, "+7900123431")
+        listener = free_port()
+        command = [
+            str(Path(sys.executable).with_name("gunicorn")),
+            "config.asgi",
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker",
+            "--workers",
+            "2",
+            "--bind",
+            f"fd://{listener.fileno()}",
+            "--log-level",
+            "warning",
+        ]
+        server = subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=(listener.fileno(),))
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         try:
-            manage(env, "migrate", "--noinput", "-v", "0")
-            created = "import json; from crm_sms.models import Message as M; print(json.dumps("
-            created += "[M.objects.create(phone=f'+7900123431{i}', text='Hi', provider='default',"
-            created += " status='sent').msg_id for i in range(3)]))"
-            msg_ids = json.loads(manage(env, "shell", "-v", "0", "-c", created))
-            listener = free_port()
-            command = [
-                str(Path(sys.executable).with_name("gunicorn")),
-                "config.asgi",
-                "--worker-class",
-                "uvicorn_worker.UvicornWorker",
-                "--workers",
-                "2",
-                "--bind",
-                f"fd://{listener.fileno()}",
-                "--log-level",
-                "warning",
-            ]
-            server = subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=(listener.fileno(),))
-            base = f"http://127.0.0.1:{listener.getsockname()[1]}"
-            try:
-                for _ in range(300):  # until gunicorn answers
-                    try:
-                        requests.get(base + "/admin/login/", timeout=10)
-                        break
-                    except requests.ConnectionError:
-                        time.sleep(0.1)
-                answers = [
-                    requests.post(base + CALLBACK, data=report(m), timeout=10) for m in msg_ids
-                ]
-                repeat = requests.post(base + CALLBACK, data=report(msg_ids[0]), timeout=10)
-                wrong = requests.post(base + CALLBACK.replace(TOKEN, "x"), data=b"{}", timeout=10)
-                login = requests.get(base + "/admin/login/", timeout=10)
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
-                listener.close()
-            assert [(a.status_code, a.content) for a in answers] == [(200, b"OK")] * 3
-            assert (repeat.status_code, wrong.status_code, login.status_code) == (200, 404, 200)
-            applied = json.loads(manage(env, "sms_reports", "--once", "--json").splitlines()[-1])
-            assert (applied["rows"], applied["broken"]) == (4, 0)
-            check = "from crm_sms.models import Message as M, MessageEvent as E, QueuedReport "
-            check += "as Q; print(sorted(M.objects.values_list('status', flat=True)), "
-            check += "E.objects.count(), Q.objects.count())"
-            assert manage(env, "shell", "-v", "0", "-c", check).strip() == (
-                "['delivered', 'delivered', 'delivered'] 3 0"
-            )
+            for _ in range(300):  # until gunicorn answers
+                try:
+                    requests.get(base + "/admin/login/", timeout=10)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.1)
+            answers = [requests.post(base + CALLBACK, data=report(m), timeout=10) for m in msg_ids]
+            repeat = requests.post(base + CALLBACK, data=report(msg_ids[0]), timeout=10)
+            wrong = requests.post(base + CALLBACK.replace(TOKEN, "x"), data=b"{}", timeout=10)
+            login = requests.get(base + "/admin/login/", timeout=10)
         finally:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                [name],
-            )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            server.terminate()
+            server.wait(timeout=30)
+            listener.close()
+        assert [(a.status_code, a.content) for a in answers] == [(200, b"OK")] * 3
+        assert (repeat.status_code, wrong.status_code, login.status_code) == (200, 404, 200)
+        applied = json.loads(manage(env, "sms_reports", "--once", "--json").splitlines()[-1])
+        assert (applied["rows"], applied["broken"]) == (4, 0)
+        check = "from crm_sms.models import Message as M, MessageEvent as E, QueuedReport "
+        check += "as Q; print(sorted(M.objects.values_list('status', flat=True)), "
+        check += "E.objects.count(), Q.objects.count())"
+        assert manage(env, "shell", "-v", "0", "-c", check).strip() == (
+            "['delivered', 'delivered', 'delivered'] 3 0"
+        )

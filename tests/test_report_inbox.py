@@ -387,47 +387,59 @@ def post_live(url: str, body) -> tuple[int, bytes]:
     raise AssertionError("the site did not come up")
 
 
-@pytest.mark.slow
-def test_real_outage_a_live_site_keeps_reports_until_the_database_is_back(
-    requires_postgres, tmp_path
-):
-    name = f"crm_sms_outage_{os.getpid()}"
+@contextlib.contextmanager
+def scratch_database(name: str, spool_dir: Path, *, also_drop: tuple[str, ...] = ()):
+    """A database ``name`` of its own on the test server, migrated: yields (an admin
+    connection, the site's environment for it); dropped afterwards, with ``also_drop``."""
     params = connection.settings_dict
     url = f"postgres://{params['USER'] or 'postgres'}@{params['HOST'] or '127.0.0.1'}:"
     url += f"{params['PORT'] or 5432}/{name}"
-    env = site_environment(url, tmp_path / "spool")
+    env = site_environment(url, spool_dir)
     with admin_connection() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}_away"')
+        for database in (name, *also_drop):
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
             manage(env, "migrate", "--noinput", "-v", "0")
-            created = "import json; from crm_sms.models import Message as M; print(json.dumps("
-            created += "[M.objects.create(phone=f'+7900123421{i}', text='Hi', provider='default',"
-            created += " status='sent').msg_id for i in range(3)]))"
-            first, second, third = json.loads(manage(env, "shell", "-v", "0", "-c", created))
-            with live_site(env) as (callback_url, server):
-                assert post_live(callback_url, [report(first)]) == (200, b"OK")  # applied now
-                rename_database(admin, name, f"{name}_away")
-                assert post_live(callback_url, [report(second)]) == (200, b"OK")
-                assert post_live(callback_url, [report(third, "delivery_failed")]) == (200, b"OK")
-                assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 2
-                rename_database(admin, f"{name}_away", name)
-            # The server is gone; a new process applies what it kept.
-            assert "Applied 2 spooled report file(s)" in manage(env, "sms_status")
-            check = "from crm_sms.models import Message as M, MessageEvent as E; "
-            check += (
-                "print(sorted((m.msg_id, m.status, m.events.count()) for m in M.objects.all()))"
-            )
-            assert manage(env, "shell", "-v", "0", "-c", check).strip() == str(
-                sorted([(first, "delivered", 1), (second, "delivered", 1),
-                        (third, "undelivered", 1)])
-            )  # fmt: skip
-            assert list((tmp_path / "spool").iterdir()) == []
+            yield admin, env
         finally:
-            for database in (name, f"{name}_away"):
+            for database in (name, *also_drop):
                 admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                     (database,),
                 )
                 admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
+
+
+def create_sent_messages(env: dict[str, str], phone_prefix: str, count: int = 3) -> list[str]:
+    """``count`` sent MegaFon messages made by a process on ``env``'s database; their msg_ids."""
+    created = "import json; from crm_sms.models import Message as M; print(json.dumps("
+    created += f"[M.objects.create(phone=f'{phone_prefix}{{i}}', text='Hi', provider='default',"
+    created += f" status='sent').msg_id for i in range({count})]))"
+    return json.loads(manage(env, "shell", "-v", "0", "-c", created))
+
+
+@pytest.mark.slow
+def test_real_outage_a_live_site_keeps_reports_until_the_database_is_back(
+    requires_postgres, tmp_path
+):
+    name = f"crm_sms_outage_{os.getpid()}"
+    database = scratch_database(name, tmp_path / "spool", also_drop=(f"{name}_away",))
+    with database as (admin, env):
+        first, second, third = create_sent_messages(env, "+7900123421")
+        with live_site(env) as (callback_url, server):
+            assert post_live(callback_url, [report(first)]) == (200, b"OK")  # applied now
+            rename_database(admin, name, f"{name}_away")
+            assert post_live(callback_url, [report(second)]) == (200, b"OK")
+            assert post_live(callback_url, [report(third, "delivery_failed")]) == (200, b"OK")
+            assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 2
+            rename_database(admin, f"{name}_away", name)
+        # The server is gone; a new process applies what it kept.
+        assert "Applied 2 spooled report file(s)" in manage(env, "sms_status")
+        check = "from crm_sms.models import Message as M, MessageEvent as E; "
+        check += "print(sorted((m.msg_id, m.status, m.events.count()) for m in M.objects.all()))"
+        assert manage(env, "shell", "-v", "0", "-c", check).strip() == str(
+            sorted([(first, "delivered", 1), (second, "delivered", 1),
+                    (third, "undelivered", 1)])
+        )  # fmt: skip
+        assert list((tmp_path / "spool").iterdir()) == []

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -36,20 +37,25 @@ TOKEN = "queue-token-0123456789abcdef"
 RECEIPT = "id:1 sub:001 dlvrd:001 submit date:2311291159 done date:2311291200 stat:DELIVRD err:000"
 
 
-@pytest.fixture
-def queued(settings, tmp_path):
-    """MegaFon as the default provider (never contacted), reports queued."""
-    settings.CRM_SMS = {
+def queued_settings(token: str, spool_dir: Path) -> dict:
+    """``CRM_SMS``: MegaFon as the default provider (never contacted), reports queued."""
+    return {
         "PROVIDERS": {
             "default": {
                 "BACKEND": "crm_sms.backends.megafon.MegafonBackend",
                 "OPTIONS": {"login": "u", "password": "p", "base_url": "http://127.0.0.1:9"},
             }
         },
-        "CALLBACK_TOKEN": TOKEN,
-        "REPORT_SPOOL_DIR": str(tmp_path / "spool"),
+        "CALLBACK_TOKEN": token,
+        "REPORT_SPOOL_DIR": str(spool_dir),
         "REPORTS": "queued",
     }
+
+
+@pytest.fixture
+def queued(settings, tmp_path):
+    """MegaFon as the default provider (never contacted), reports queued."""
+    settings.CRM_SMS = queued_settings(TOKEN, tmp_path / "spool")
     return settings
 
 
