@@ -140,6 +140,9 @@ def page_list(f: dict) -> list[tuple[str, str, str, dict | None]]:
     with_text = {**select_all, "_sms_step": "preview", "text": "Скидка 15% до воскресенья!"}
     with_text.update(name="", sender="", provider="default", scheduled_at="")
     templated = {**with_text, "text": "{{ first_name }}, скидка 15% до воскресенья!"}
+    # The usual Russian address: name and patronymic (two variables, many more groups).
+    name_patronymic = {**with_text, "text": "{{ first_name }} {{ middle_name }}, скидка 15%!"}
+    full_name = {**with_text, "text": "{{ last_name }} {{ first_name }}, скидка 15%!"}
     # The live counter's question while a template is typed (issue 14.5): its longest text.
     counter = {**templated, "_sms_step": "1", "_sms_counter": "1"}
     return [
@@ -158,6 +161,8 @@ def page_list(f: dict) -> list[tuple[str, str, str, dict | None]]:
         ("send_sms_select_all_with_text", "post", f"{ADMIN}/contact/", with_text),
         ("send_sms_select_all_templated", "post", f"{ADMIN}/contact/", templated),
         ("send_sms_select_all_counter", "post", f"{ADMIN}/contact/", counter),
+        ("send_sms_select_all_name_patronymic", "post", f"{ADMIN}/contact/", name_patronymic),
+        ("send_sms_select_all_full_name", "post", f"{ADMIN}/contact/", full_name),
         ("campaigns_list", "get", f"{ADMIN}/campaign/", None),
         ("campaign_page", "get", f"{ADMIN}/campaign/{f['biggest']}/change/", None),
         ("campaign_progress", "get", f"{ADMIN}/campaign/{f['biggest']}/progress/", None),

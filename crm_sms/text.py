@@ -345,6 +345,11 @@ class SMSTemplate:
         return tuple(name for name in dict.fromkeys(found) if name in self.variables)
 
     @property
+    def literal_text(self) -> str:
+        """The text around the names of a plain template (``is_plain``); "" otherwise."""
+        return "".join(text for is_name, text in self._parts or () if not is_name)
+
+    @property
     def is_plain(self) -> bool:
         """Text and plain ``{{ name }}`` only (no tags, no filters): each value is pasted in."""
         return self._parts is not None

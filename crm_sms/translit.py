@@ -117,6 +117,12 @@ def smart_encode(text: str) -> str:
     return replace_lookalikes(text)
 
 
+def stays_ucs2(text: str) -> bool:
+    """Whether every text holding ``text`` is sent in UCS-2 as written (without translit): it
+    has a character that is not GSM-7 and that no look-alike replaces (a Cyrillic letter)."""
+    return not _REPLACEABLE.issuperset(text)
+
+
 def prepare_text(text: str, *, translit: bool = False, smart_encoding: bool = True) -> str:
     """The text to store and send for a rendered ``text``: transliterated with ``translit``
     (which always includes smart encoding), else smart-encoded unless ``smart_encoding`` is

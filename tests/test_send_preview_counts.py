@@ -151,13 +151,17 @@ def test_the_grouped_preview_counts_what_send_campaign_queues(people, options):
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "plain")
 def test_grouped_and_streamed_previews_agree(people, options, monkeypatch):
+    assert_grouped_and_streamed_agree(people, TEMPLATES, options, monkeypatch)
+
+
+def assert_grouped_and_streamed_agree(contacts, texts, options, monkeypatch) -> None:
     scheduled_at = NOW.replace(hour=4, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    for text in TEMPLATES:
-        grouped = preview_campaign(people, text, scheduled_at=scheduled_at, **options)
+    for text in texts:
+        grouped = preview_campaign(contacts, text, scheduled_at=scheduled_at, **options)
         with monkeypatch.context() as m:
             m.setattr(counting, "group_recipients", lambda *a, **k: None)
             m.setattr("crm_sms.outbox.queueing.group_recipients", lambda *a, **k: None)
-            streamed = preview_campaign(people, text, scheduled_at=scheduled_at, **options)
+            streamed = preview_campaign(contacts, text, scheduled_at=scheduled_at, **options)
         for name in (
             "recipients",
             "excluded",
@@ -173,6 +177,42 @@ def test_grouped_and_streamed_previews_agree(people, options, monkeypatch):
             "samples",
         ):
             assert getattr(grouped, name) == getattr(streamed, name), (text, name)
+
+
+#: Texts whose names' lengths decide them (a Cyrillic text), and two whose lengths do not.
+BY_LENGTH = [
+    "Привет, {{ first_name }}!",
+    "{{ last_name }} {{ first_name }}, скидка 15%!",
+    "🎁 {{ first_name }} {{ middle_name }}, " + "ж" * 120 + " {{ last_name }}",
+    "Ваш номер {{ phone }}, {{ first_name }}",
+    "{{ first_name }}" + "Я" * 990,  # a long name makes it too long for MegaFon
+    "Hi {{ first_name }} {{ last_name }}",
+    "{{ last_name }} «{{ first_name }}» – …",
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "plain")
+def test_grouping_by_the_names_lengths_counts_what_streaming_counts(people, options, monkeypatch):
+    monkeypatch.setattr(counting, "_many_groups", lambda *args: True)  # a million contacts
+    no_emoji = people.exclude(first_name__startswith="🙂")
+    assert_grouped_and_streamed_agree(no_emoji, BY_LENGTH, options, monkeypatch)
+    # A name beyond the BMP is no stand-in's: grouped by the names, still the same counts.
+    assert_grouped_and_streamed_agree(people, BY_LENGTH, options, monkeypatch)
+
+
+def test_grouping_by_length_is_taken_only_where_the_lengths_decide(people, monkeypatch):
+    monkeypatch.setattr(counting, "_many_groups", lambda *args: True)
+    no_emoji = people.exclude(first_name__startswith="🙂")
+
+    def keys(contacts, text):
+        groups = counting.group_recipients(_selection(contacts, text), contacts, zoned=False)
+        return set(groups.groups)
+
+    by_length = keys(no_emoji, "{{ last_name }} {{ first_name }}, скидка!")
+    assert ("жжжжжжж", "жжжж") in by_length  # Иванова Анна, Сидорова Мария, Смирнова Анна…
+    assert all(set(last + first) <= {"ж"} for last, first in by_length)
+    assert ("Иванова", "Анна") in keys(people, "{{ last_name }} {{ first_name }}, скидка!")
+    assert ("Smith", "John") in keys(no_emoji, "{{ last_name }} {{ first_name }}, hello!")
 
 
 def test_names_are_grouped_in_sql_not_streamed(people):
@@ -212,3 +252,18 @@ def test_longest_text_is_the_worst_recipient_text(people):
     assert (before.encoding, after.encoding) == ("UCS-2", "GSM-7")
     assert after.characters > before.characters  # "Konstantinopolskaya Aleksandra-Viktoriya"
     assert longest_text(people.filter(pk=-1), "{{ first_name }}") is None
+
+
+def test_postgresql_estimates_the_groups_before_grouping_by_length(
+    requires_postgres, people, monkeypatch
+):
+    text = "{{ last_name }} {{ first_name }}, скидка!"
+    no_emoji = people.exclude(first_name__startswith="🙂")
+    few = counting.group_recipients(_selection(no_emoji, text), no_emoji, zoned=False)
+    assert ("Иванова", "Анна") in few.groups  # 18 contacts: a few groups, by the names
+    monkeypatch.setattr(counting, "LENGTH_GROUPING_FROM", 0)  # "more than 0 groups expected"
+    with CaptureQueriesContext(connection) as queries:
+        many = counting.group_recipients(_selection(no_emoji, text), no_emoji, zoned=False)
+    assert ("жжжжжжж", "жжжж") in many.groups
+    assert many.recipients == few.recipients and many.excluded == few.excluded
+    assert queries[0]["sql"].upper().startswith("EXPLAIN (FORMAT JSON)")

@@ -163,6 +163,10 @@ class BaseBackend:
     max_batch_size: int = 1
     #: Whether the provider posts delivery reports to a callback URL.
     supports_callbacks: bool = False
+    #: Whether ``validate_text`` looks only at a text's length (and whether it is blank), not
+    #: at its characters: the "Send SMS…" preview then counts a big selection by the lengths
+    #: of the names (``outbox.counting``). A backend checking characters sets False.
+    validates_length_only: ClassVar[bool] = True
     #: Whether the provider posts incoming messages (replies) to us (``parse_inbound``).
     supports_inbound: ClassVar[bool] = False
     #: How long after sending a provider still reports a status (polling stops then), seconds.
