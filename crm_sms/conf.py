@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from .exceptions import ConfigurationError
 
@@ -112,8 +114,8 @@ RENAMED = {"POLL_INTERVAL": "IDLE_SLEEP"}
 def sms_settings() -> dict[str, Any]:
     """``settings.CRM_SMS`` over the defaults (do not change the dict: it is shared).
 
-    Merged again only when ``settings.CRM_SMS`` is another object (settings are not changed
-    in place; tests replace them): a callback reads three settings, thousands of times a
+    Merged again only when ``settings.CRM_SMS`` is another object or Django says it changed
+    (``setting_changed``: tests): a callback reads three settings, thousands of times a
     second."""
     global _merged
     configured = getattr(settings, "CRM_SMS", None)
@@ -130,6 +132,13 @@ def sms_settings() -> dict[str, Any]:
 
 
 _merged: tuple[Any, dict[str, Any]] | None = None  # (settings.CRM_SMS, merged)
+
+
+@receiver(setting_changed)
+def _forget_merged(setting: str, **kwargs: Any) -> None:
+    global _merged
+    if setting == "CRM_SMS":
+        _merged = None
 
 
 def get_setting(name: str) -> Any:

@@ -333,3 +333,15 @@ def test_backend_modules_load_no_models():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_settings_are_merged_again_when_they_change(settings):
+    """``sms_settings`` keeps its merge while ``CRM_SMS`` stays the same object, and merges
+    again when Django says it changed, even to the same dict changed in place."""
+    crm = {**settings.CRM_SMS, "REPORTS": "queued"}
+    settings.CRM_SMS = crm
+    assert conf.report_mode() == "queued"
+    assert conf.sms_settings() is conf.sms_settings()
+    crm["REPORTS"] = "direct"
+    settings.CRM_SMS = crm
+    assert conf.report_mode() == "direct"
