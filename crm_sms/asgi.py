@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,11 +42,10 @@ from django.core.exceptions import DisallowedHost, ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.db import connections
 from django.http import Http404, HttpResponse
-from django.utils import timezone
 
 from . import conf, webhooks
 from .backends.base import DeliveryReport
-from .handler import callback_prefix
+from .handler import callback_prefix, callback_route
 
 logger = logging.getLogger("crm_sms.asgi")
 
@@ -170,12 +168,10 @@ class CallbackApplication:
         path, root = scope["path"], scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if not self._prefix or not path.startswith(self._prefix):
+        route = callback_route(path, self._prefix)
+        if route is None or route[0] != "callback":
             return None
-        parts = path[len(self._prefix) :].split("/")
-        if len(parts) != 3 or parts[2] != "" or not parts[0] or not parts[1]:
-            return None
-        return parts[0], parts[1]
+        return route[1], route[2]
 
     @staticmethod
     def _takes_reports() -> bool:
@@ -196,9 +192,7 @@ class CallbackApplication:
         limit = int(conf.get_setting("CALLBACK_MAX_BYTES"))
         body = await _read_body(receive, limit)
         if body is None:
-            logger.warning("A %s delivery report over %d bytes refused", provider, limit)
-            text = f"Report too large (the limit is {limit} bytes)"
-            return await _answer(send, webhooks.plain(text, 413))
+            return await _answer(send, webhooks.too_large(provider, limit))
         request = ASGIRequest(scope, io.BytesIO(body))
         request._body = body
         try:
@@ -221,13 +215,11 @@ class CallbackApplication:
         self, backend: Any, provider: str, reports: list[DeliveryReport]
     ) -> HttpResponse:
         """Queue ``reports`` (spooled when the database is away); the answer to give."""
-        from .inbox import report_body
+        from .inbox import queue_row
         from .models import EventSource
 
-        text = json.dumps([report_body(r) for r in reports], separators=(",", ":"))
-        row = (provider, str(EventSource.CALLBACK), timezone.now(), text)
         try:
-            await self._writer().write(row)
+            await self._writer().write(queue_row(reports, provider, EventSource.CALLBACK))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             return await asyncio.to_thread(webhooks.spool, backend, provider, reports, exc)
         except Exception:

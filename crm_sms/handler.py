@@ -114,22 +114,31 @@ class CallbackHandler(WSGIHandler):
     def _match(self, path: str) -> ResolverMatch | None:
         """What ``resolve(path)`` would give for a callback URL (``<str:…>`` segments); None
         for any other path."""
-        prefix = self._prefix()
-        if not prefix or not path.startswith(prefix):
+        route = callback_route(path, self._prefix())
+        if route is None:
             return None
-        parts = path[len(prefix) :].split("/")
-        if len(parts) == 3 and parts[2] == "":
-            name = "callback"
-        elif len(parts) == 4 and parts[2] == "inbound" and parts[3] == "":
-            name = "inbound"
-        else:
-            return None
-        if not parts[0] or not parts[1]:
-            return None
-        kwargs = {"provider": parts[0], "token": parts[1]}
+        name, provider, token = route
+        kwargs = {"provider": provider, "token": token}
         return ResolverMatch(
             _VIEWS[name], (), kwargs, url_name=name, app_names=["crm_sms"], namespaces=["crm_sms"]
         )
+
+
+def callback_route(path: str, prefix: str) -> tuple[str, str, str] | None:
+    """("callback" or "inbound", provider alias, token) of a callback URL's ``path`` under
+    ``prefix`` (``callback_prefix()``); None for any other path."""
+    if not prefix or not path.startswith(prefix):
+        return None
+    parts = path[len(prefix) :].split("/")
+    if len(parts) == 3 and parts[2] == "":
+        name = "callback"
+    elif len(parts) == 4 and parts[2] == "inbound" and parts[3] == "":
+        name = "inbound"
+    else:
+        return None
+    if not parts[0] or not parts[1]:
+        return None
+    return name, parts[0], parts[1]
 
 
 def callback_prefix() -> str:

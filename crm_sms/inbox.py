@@ -436,22 +436,30 @@ def queue_reports(
 
     On PostgreSQL outside a transaction, concurrent calls of one process share the INSERT
     and its commit (``crm_sms.groupcommit``); each returns once its own row is committed."""
-    bodies = [report_body(report) for report in reports]
-    if not bodies:
+    reports = list(reports)
+    if not reports:
         return 0
-    row = (provider, str(source), timezone.now(), json.dumps(bodies, separators=(",", ":")))
+    row = queue_row(reports, provider, source)
     connection.ensure_connection()
     if _psycopg is not None and isinstance(connection.connection, _psycopg.Connection):
         if GROUP_COMMIT and connection.get_autocommit() and not connection.in_atomic_block:
             _GROUP.submit(row)
         else:
             _insert_rows([row])
-        return len(bodies)
+        return len(reports)
     received_at = QueuedReport._meta.get_field("received_at")
     values = [*row[:2], received_at.get_db_prep_save(row[2], connection), row[3]]
     with connection.cursor() as cursor:
         cursor.execute(insert_sql(1), values)
-    return len(bodies)
+    return len(reports)
+
+
+def queue_row(
+    reports: Iterable[DeliveryReport], provider: str, source: str
+) -> tuple[str, str, Any, str]:
+    """The values of a ``QueuedReport`` row (``_QUEUED_COLUMNS``) holding ``reports``, cleaned."""
+    text = json.dumps([report_body(report) for report in reports], separators=(",", ":"))
+    return provider, str(source), timezone.now(), text
 
 
 def _insert_rows(rows: Sequence[tuple[Any, ...]]) -> None:

@@ -215,6 +215,11 @@ def _read_body(request: HttpRequest, provider: str) -> HttpResponse | None:
             return plain("Malformed report: the body could not be read", 400)
         if len(body) <= limit:
             return None
+    return too_large(provider, limit)
+
+
+def too_large(provider: str, limit: int) -> HttpResponse:
+    """The answer to a report over ``CALLBACK_MAX_BYTES`` (logged)."""
     logger.warning("A %s delivery report over %d bytes refused", provider, limit)
     return plain(f"Report too large (the limit is {limit} bytes)", 413)
 
