@@ -267,3 +267,27 @@ def test_postgresql_estimates_the_groups_before_grouping_by_length(
     assert ("жжжжжжж", "жжжж") in many.groups
     assert many.recipients == few.recipients and many.excluded == few.excluded
     assert queries[0]["sql"].upper().startswith("EXPLAIN (FORMAT JSON)")
+
+
+def test_postgresql_finds_astral_names_through_their_partial_index(
+    requires_postgres, people, monkeypatch
+):
+    """Grouping by length checks for a name beyond the BMP in migration 0014's partial index
+    (a handful of entries) instead of running the regular expression over every name."""
+    monkeypatch.setattr(counting, "LENGTH_GROUPING_FROM", 0)
+    text = "{{ last_name }} {{ first_name }}, скидка!"
+    no_emoji = people.exclude(first_name__startswith="🙂")
+    with CaptureQueriesContext(connection) as queries:
+        groups = counting.group_recipients(_selection(no_emoji, text), no_emoji, zoned=False)
+    assert ("жжжжжжж", "жжжж") in groups.groups
+    looks = [q["sql"] for q in queries if "~" in q["sql"] and "LIMIT 1" in q["sql"]]
+    assert len(looks) == 1, [q["sql"] for q in queries]
+    assert not any("OCTET_LENGTH" in q["sql"] for q in queries)  # no regex in the GROUP BY
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # 18 rows: else a scan is cheaper
+        cursor.execute("EXPLAIN " + looks[0])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "crm_sms_contact_astral_name" in plan, plan
+    # The emoji's contact is found the same way: grouped by the names, as streaming counts.
+    with_emoji = counting.group_recipients(_selection(people, text), people, zoned=False)
+    assert ("Emoji", "🙂Ok") in with_emoji.groups

@@ -237,6 +237,8 @@ LENGTH_GROUPING_FROM = 5_000
 #: A name with a character beyond the Basic Multilingual Plane (two UCS-2 units) is not like
 #: any other of its length: a selection that has one is grouped by the names themselves.
 ASTRAL = r"[\U00010000-\U0010FFFF]"
+#: The Contact fields PostgreSQL keeps a partial index of astral names for (migration 0014).
+ASTRAL_INDEXED = frozenset({"first_name", "middle_name", "last_name"})
 #: What a name of a given length becomes in a stand-in text: a Cyrillic letter, one UCS-2 unit.
 STAND_IN = "ж"
 
@@ -425,22 +427,34 @@ def _many_groups(rows: QuerySet, grouping: _Grouping, counters: dict[str, Any]) 
 def _grouped_by_length(
     rows: QuerySet, grouping: _Grouping, counters: dict[str, Any]
 ) -> list[tuple[tuple, tuple]] | None:
-    """``_grouped`` by the names' lengths; None when a name has a character beyond the BMP
-    (counted in the same query), which no stand-in of its length represents."""
+    """``_grouped`` by the names' lengths; None when a name has a character beyond the BMP,
+    which no stand-in of its length represents: looked up in PostgreSQL's partial index of
+    such names (migration 0014), or else counted in the same query."""
     postgres = connections[rows.db].vendor == "postgresql"
-    astral = Q()
-    for name, field_name in zip(grouping.names, grouping.fields, strict=True):
-        if name in grouping.phones:
-            continue
+    names = zip(grouping.names, grouping.fields, strict=True)
+    fields = sorted({field for name, field in names if name not in grouping.phones})
+    if postgres and set(fields) <= ASTRAL_INDEXED:
+        # The partial index holds the few contacts that have such a name: one look, no scan.
+        found = rows.filter(_any_of(Q(**{f"{f}__regex": ASTRAL}) for f in fields)).exists()
+        return None if found else _grouped(rows, grouping, counters)
+    arms = []
+    for field_name in fields:
         has_one = Q(**{f"{field_name}__regex": ASTRAL})
         if postgres:  # the regular expression only where a character is not ASCII
-            wide = GreaterThan(_octet_length(field_name), Length(field_name))
-            has_one = Q(wide) & has_one
-        astral |= has_one
+            has_one = Q(GreaterThan(_octet_length(field_name), Length(field_name))) & has_one
+        arms.append(has_one)
+    astral = _any_of(arms)
     groups = _grouped(rows, grouping, {**counters, "astral": Count("pk", filter=astral)})
     if any(n[-1] for _, n in groups):
         return None
     return [(key, n[:-1]) for key, n in groups]
+
+
+def _any_of(conditions: Iterable[Q]) -> Q:
+    either = Q()
+    for condition in conditions:
+        either |= condition
+    return either
 
 
 def _octet_length(field_name: str) -> Func:
