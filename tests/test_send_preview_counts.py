@@ -193,7 +193,7 @@ BY_LENGTH = [
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "plain")
 def test_grouping_by_the_names_lengths_counts_what_streaming_counts(people, options, monkeypatch):
-    monkeypatch.setattr(counting, "_many_groups", lambda *args: True)  # a million contacts
+    monkeypatch.setattr(counting, "_length_grouping_pays", lambda *args: True)  # 1M contacts
     no_emoji = people.exclude(first_name__startswith="🙂")
     assert_grouped_and_streamed_agree(no_emoji, BY_LENGTH, options, monkeypatch)
     # A name beyond the BMP is no stand-in's: grouped by the names, still the same counts.
@@ -201,7 +201,7 @@ def test_grouping_by_the_names_lengths_counts_what_streaming_counts(people, opti
 
 
 def test_grouping_by_length_is_taken_only_where_the_lengths_decide(people, monkeypatch):
-    monkeypatch.setattr(counting, "_many_groups", lambda *args: True)
+    monkeypatch.setattr(counting, "_length_grouping_pays", lambda *args: True)
     no_emoji = people.exclude(first_name__startswith="🙂")
 
     def keys(contacts, text):
@@ -228,11 +228,11 @@ def test_names_are_grouped_in_sql_not_streamed(people):
     assert counting.group_recipients(tagged, people, zoned=False) is None
 
 
-def _selection(contacts, text: str):
+def _selection(contacts, text: str, variables: dict[str, str] | None = None):
     from crm_sms.outbox.recipients import prepare_selection
 
     return prepare_selection(
-        contacts, text, sender=None, provider=None, phone_field="phone", variables=None
+        contacts, text, sender=None, provider=None, phone_field="phone", variables=variables
     )
 
 
@@ -254,17 +254,28 @@ def test_longest_text_is_the_worst_recipient_text(people):
     assert longest_text(people.filter(pk=-1), "{{ first_name }}") is None
 
 
-def test_postgresql_estimates_the_groups_before_grouping_by_length(
+def test_postgresql_groups_names_by_length_and_other_fields_when_many(
     requires_postgres, people, monkeypatch
 ):
-    text = "{{ last_name }} {{ first_name }}, скидка!"
+    """The names go by their lengths on PostgreSQL whatever their number (their astral check is
+    an index look); another field only when PostgreSQL expects more than
+    LENGTH_GROUPING_FROM groups (one EXPLAIN), as its check reads every row."""
     no_emoji = people.exclude(first_name__startswith="🙂")
-    few = counting.group_recipients(_selection(no_emoji, text), no_emoji, zoned=False)
-    assert ("Иванова", "Анна") in few.groups  # 18 contacts: a few groups, by the names
+    names = counting.group_recipients(
+        _selection(no_emoji, "{{ last_name }} {{ first_name }}, скидка!"), no_emoji, zoned=False
+    )
+    assert ("жжжжжжж", "жжжж") in names.groups  # 18 contacts, by length all the same
+    for contact in no_emoji:
+        Contact.objects.filter(pk=contact.pk).update(notes=contact.last_name)
+    variables = {"note": "notes", "phone": "phone"}
+    sel = _selection(no_emoji, "{{ note }}, скидка!", variables)
+    few = counting.group_recipients(sel, no_emoji, zoned=False)
+    assert ("Иванова",) in few.groups  # a few groups: by the values
     monkeypatch.setattr(counting, "LENGTH_GROUPING_FROM", 0)  # "more than 0 groups expected"
     with CaptureQueriesContext(connection) as queries:
-        many = counting.group_recipients(_selection(no_emoji, text), no_emoji, zoned=False)
-    assert ("жжжжжжж", "жжжж") in many.groups
+        sel = _selection(no_emoji, "{{ note }}, скидка!", variables)
+        many = counting.group_recipients(sel, no_emoji, zoned=False)
+    assert ("жжжжжжж",) in many.groups
     assert many.recipients == few.recipients and many.excluded == few.excluded
     assert queries[0]["sql"].upper().startswith("EXPLAIN (FORMAT JSON)")
 
@@ -274,7 +285,6 @@ def test_postgresql_finds_astral_names_through_their_partial_index(
 ):
     """Grouping by length checks for a name beyond the BMP in migration 0014's partial index
     (a handful of entries) instead of running the regular expression over every name."""
-    monkeypatch.setattr(counting, "LENGTH_GROUPING_FROM", 0)
     text = "{{ last_name }} {{ first_name }}, скидка!"
     no_emoji = people.exclude(first_name__startswith="🙂")
     with CaptureQueriesContext(connection) as queries:
@@ -283,6 +293,7 @@ def test_postgresql_finds_astral_names_through_their_partial_index(
     looks = [q["sql"] for q in queries if "~" in q["sql"] and "LIMIT 1" in q["sql"]]
     assert len(looks) == 1, [q["sql"] for q in queries]
     assert not any("OCTET_LENGTH" in q["sql"] for q in queries)  # no regex in the GROUP BY
+    assert not any(q["sql"].startswith("EXPLAIN") for q in queries)  # no estimate needed
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")  # 18 rows: else a scan is cheaper
         cursor.execute("EXPLAIN " + looks[0])

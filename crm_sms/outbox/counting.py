@@ -18,7 +18,9 @@ distinct text once and sums its SMS parts times its recipients (``TextParts``). 
 names make very many distinct texts (``{{ last_name }} {{ first_name }}``: 90,000 of a million
 contacts, 4 s to render) and only their lengths decide the texts' parts and validity
 (``lengths_decide``: a Cyrillic text), the Contacts are grouped by the lengths of the names
-instead, each length standing in for every name of its length.
+instead, each length standing in for every name of its length: on PostgreSQL always for the
+names (a partial index finds the few names no stand-in represents), for other fields when
+PostgreSQL expects very many groups.
 """
 
 from __future__ import annotations
@@ -230,9 +232,10 @@ def _any_phone(length: int | None) -> str:
     return "" if length is None else "+1" + "0" * (length - 2)
 
 
-#: Above how many groups of names (PostgreSQL's estimate) a template whose texts are decided
-#: by the names' lengths (``lengths_decide``) is counted by those lengths: rendering costs
-#: about 25 microseconds a group, grouping by lengths about 0.6 s a million rows.
+#: Above how many groups (PostgreSQL's estimate) a template whose texts are decided by the
+#: lengths of fields other than the names (``lengths_decide``) is counted by those lengths:
+#: rendering costs about 25 microseconds a group, the check for astral characters in fields
+#: no index covers about 0.5 s a million rows.
 LENGTH_GROUPING_FROM = 5_000
 #: A name with a character beyond the Basic Multilingual Plane (two UCS-2 units) is not like
 #: any other of its length: a selection that has one is grouped by the names themselves.
@@ -370,7 +373,7 @@ def group_recipients(sel: Selection, contacts: QuerySet, *, zoned: bool) -> Reci
     if grouping.no_consent is not None:
         counters["no_consent"] = Count("pk", filter=grouping.no_consent)
     raw_groups = None
-    if grouping.names and lengths_decide(sel) and _many_groups(rows, grouping, counters):
+    if grouping.names and lengths_decide(sel) and _length_grouping_pays(rows, grouping, counters):
         by_length = _Grouping(sel, zoned, lengths=True)
         raw_groups = _grouped_by_length(rows, by_length, counters)
         if raw_groups is not None:
@@ -415,11 +418,25 @@ def _grouped(
     return [(g[:width], g[width:]) for g in grouped.values_list(*columns, *counters)]
 
 
-def _many_groups(rows: QuerySet, grouping: _Grouping, counters: dict[str, Any]) -> bool:
-    """Whether PostgreSQL expects more than ``LENGTH_GROUPING_FROM`` groups of names (one
-    EXPLAIN, no rows read); False on other databases (grouped by the names there)."""
+def _length_grouping_pays(rows: QuerySet, grouping: _Grouping, counters: dict[str, Any]) -> bool:
+    """Whether to group by the names' lengths rather than by the names, on PostgreSQL: always
+    for the names its partial index of astral names covers (the check is one look at it; a
+    GROUP BY of small numbers is cheaper than of text and leaves fewer texts to render), for
+    other fields when it expects very many groups (``_many_groups``). Elsewhere by the names."""
     if connections[rows.db].vendor != "postgresql":
         return False
+    return set(_text_fields(grouping)) <= ASTRAL_INDEXED or _many_groups(rows, grouping, counters)
+
+
+def _text_fields(grouping: _Grouping) -> list[str]:
+    """The fields whose values go into the text as they are (not normalized phones)."""
+    names = zip(grouping.names, grouping.fields, strict=True)
+    return sorted({field for name, field in names if name not in grouping.phones})
+
+
+def _many_groups(rows: QuerySet, grouping: _Grouping, counters: dict[str, Any]) -> bool:
+    """Whether PostgreSQL expects more than ``LENGTH_GROUPING_FROM`` groups of names (one
+    EXPLAIN, no rows read)."""
     plan = json.loads(rows.values(**grouping.columns()).annotate(**counters).explain(format="json"))
     return plan[0]["Plan"]["Plan Rows"] > LENGTH_GROUPING_FROM
 
@@ -431,8 +448,7 @@ def _grouped_by_length(
     which no stand-in of its length represents: looked up in PostgreSQL's partial index of
     such names (migration 0014), or else counted in the same query."""
     postgres = connections[rows.db].vendor == "postgresql"
-    names = zip(grouping.names, grouping.fields, strict=True)
-    fields = sorted({field for name, field in names if name not in grouping.phones})
+    fields = _text_fields(grouping)
     if postgres and set(fields) <= ASTRAL_INDEXED:
         # The partial index holds the few contacts that have such a name: one look, no scan.
         found = rows.filter(_any_of(Q(**{f"{f}__regex": ASTRAL}) for f in fields)).exists()
