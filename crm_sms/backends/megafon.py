@@ -353,7 +353,10 @@ class MegafonBackend(HTTPBackend):
         code = _result_code(data)
         if code is None:
             return None
-        status, message = classify_code(code)
+        if code == 0:  # the usual answer: nothing to say, so no translation to look up
+            status, message = S.ACCEPTED, ""
+        else:
+            status, message = classify_code(code)
         result = SendResult(status, error_code=str(code), error_message=message, raw=answer.raw)
         if status is S.ACCEPTED:
             result.error_code = "" if code == 0 else str(code)
