@@ -20,6 +20,11 @@ database; the sandbox answers after ``--scale-latency-ms`` so that each worker's
 not the provider, bounds its rate. Prints msgs/s per process count against N times the rate
 of one (``vs_n_times_first``).
 
+Each round also gives the CPU each side spent per message (``cpu_ms_per_message``): the worker's
+or the plain client's process (start-up included), PostgreSQL (every ``postgres`` process of
+the machine, background work included) and this process (the sandbox). On a shared machine
+these are steadier than the rates.
+
 Prints JSON.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +41,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from _setup import ROOT, queue_messages, setup_django, window_stats
 
@@ -158,6 +165,33 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process (the sandbox), by its finished children (the
+    worker or the plain client, start-up included) and by the machine's PostgreSQL processes
+    (those that exited count through the postmaster, which reaped them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    postgres = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")].startswith("postgres"):
+            ticks = text.rsplit(")", 1)[1].split()[11:15]  # utime stime cutime cstime
+            postgres += sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK")
+    return {
+        "sandbox": own.ru_utime + own.ru_stime,
+        "process": children.ru_utime + children.ru_stime,
+        "postgres": postgres,
+    }
+
+
+def cpu_ms_per_message(before: dict[str, float], count: int) -> dict[str, float]:
+    after = cpu_seconds()
+    return {k: round((after[k] - before[k]) * 1000 / max(count, 1), 3) for k in after}
+
+
 def measure_ratio(args, sandbox) -> dict:
     """Worker and plain client, alternating ``args.rounds`` times."""
     from django.db import connections
@@ -180,7 +214,9 @@ def measure_ratio(args, sandbox) -> dict:
             details["output"] = summary.as_dict()
         else:
             connections.close_all()  # the worker process writes; hold nothing open
+            cpu = cpu_seconds()
             details = worker_process(args.concurrency, args.batch_size)
+            details["cpu_ms_per_message"] = cpu_ms_per_message(cpu, args.n)
         worker = window_stats([r.received_at for r in sandbox.requests])
         worker.update(sent=Message.objects.filter(status=MessageStatus.SENT).count(), **details)
         plain = measure_plain(args, sandbox)
@@ -201,12 +237,15 @@ def measure_plain(args, sandbox) -> dict:
         sms = OutgoingSMS(to=phone, text=text, sender=sender, msg_id=msg_id)
         payloads.append(backend.encode_payload(backend.build_payload(sms)))
     sandbox.reset()
+    cpu = cpu_seconds()
     if args.in_process:
         seconds = plain_client(sandbox, payloads, args.concurrency)
     else:
         seconds = plain_client_process(sandbox, payloads, args.concurrency)
     plain = window_stats([r.received_at for r in sandbox.requests])
     plain.update(wall_seconds=round(seconds, 3))
+    if not args.in_process:
+        plain["cpu_ms_per_message"] = cpu_ms_per_message(cpu, args.n)
     return plain
 
 
@@ -220,6 +259,14 @@ def summarize_ratio(rounds: list[tuple[dict, dict, list[float]]]) -> dict:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_per_round": ratios,
         "load_per_round": [load_before[0] for _, _, load_before in rounds],
+        "cpu_ms_per_message": {
+            side: {
+                part: statistics.median(run[i]["cpu_ms_per_message"][part] for run in rounds)
+                for part in ("process", "postgres", "sandbox")
+            }
+            for side, i in (("worker", 0), ("plain_client", 1))
+            if "cpu_ms_per_message" in rounds[0][i]
+        },
         "worker_runs": [worker for worker, _, _ in rounds],
         "plain_client_runs": [plain for _, plain, _ in rounds],
     }
