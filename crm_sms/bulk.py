@@ -9,6 +9,7 @@ handed to the database as plain tuples.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -73,25 +74,67 @@ class RowInserter:
 
 
 def update_rows(model: type[models.Model], updates: Mapping[Any, Mapping[str, Any]]) -> None:
-    """Write per-row field values ``{pk: {field name: value}}``: one prepared UPDATE per set of
-    field names, run for all its rows (executemany; a pipeline on PostgreSQL). Lock the rows
-    first where it matters. Rows often share values (a batch of send results: the status,
-    the time, empty error codes), so each distinct value of a field is prepared once."""
+    """Write per-row field values ``{pk: {field name: value}}``, for each set of field names:
+    on PostgreSQL one ``UPDATE ... FROM (VALUES ...)`` per ``UPDATE_CHUNK`` rows (parsed and
+    planned once, where an UPDATE per row cost PostgreSQL about 0.1 ms each), elsewhere one
+    prepared UPDATE run for every row (executemany). Lock the rows first where it matters.
+    Rows often share values (a batch of send results: the status, the time, empty error
+    codes), so each distinct value of a field is prepared once."""
     groups: dict[tuple[str, ...], list[Any]] = defaultdict(list)
     for pk, values in updates.items():
         groups[tuple(sorted(values))].append(pk)
-    ops = connection.ops
     meta = model._meta
-    table = ops.quote_name(meta.db_table)
-    pk_column = ops.quote_name(meta.pk.column)
     for names, pks in groups.items():
         fields = [meta.get_field(name) for name in names]
-        assignments = ", ".join(f"{ops.quote_name(f.column)} = %s" for f in fields)
-        sql = f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s"
         prepared = [(name, _Preparer(f)) for name, f in zip(names, fields, strict=True)]
         params = [[prepare(updates[pk][name]) for name, prepare in prepared] + [pk] for pk in pks]
         with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+            if connection.vendor == "postgresql":
+                for start in range(0, len(params), UPDATE_CHUNK):
+                    chunk = params[start : start + UPDATE_CHUNK]
+                    cursor.execute(_update_from_values(model, fields, len(chunk)), _flat(chunk))
+            else:
+                cursor.executemany(_update_by_pk(model, fields), params)
+
+
+#: Rows per ``UPDATE ... FROM (VALUES ...)`` on PostgreSQL.
+UPDATE_CHUNK = 1000
+
+
+def _update_by_pk(model: type[models.Model], fields: list[models.Field]) -> str:
+    quote = connection.ops.quote_name
+    meta = model._meta
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+
+
+def _update_from_values(model: type[models.Model], fields: list[models.Field], rows: int) -> str:
+    """The rows' values in a VALUES list joined on the primary key; each cast to its column's
+    type (a column of NULLs or plain strings would be text) without its length, so that a
+    value too long for its column is refused, as an UPDATE of the row alone refuses it."""
+    quote = connection.ops.quote_name
+    meta = model._meta
+    names = [f"v{i}" for i in range(len(fields))]
+    assignments = ", ".join(
+        f"{quote(f.column)} = v.{name}::{_base_type(f)}"
+        for f, name in zip(fields, names, strict=True)
+    )
+    row = "(" + ", ".join(["%s"] * (len(fields) + 1)) + ")"
+    pk = meta.pk
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "
+        f"FROM (VALUES {', '.join([row] * rows)}) AS v({', '.join(names)}, pk) "
+        f"WHERE {quote(meta.db_table)}.{quote(pk.column)} = v.pk::{_base_type(pk)}"
+    )
+
+
+def _base_type(field: models.Field) -> str:
+    """``varchar`` for ``varchar(50)``: the column's type without its modifiers."""
+    return re.sub(r"\(.*\)", "", field.cast_db_type(connection))
+
+
+def _flat(rows: list[list[Any]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 _MISSING = object()
