@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def setup_django(sms_url: str, **env: str) -> None:
-    """Point Django at a fresh database and at ``sms_url``; migrate quietly."""
+    """Point Django at ``DATABASE_URL`` (a PostgreSQL database is created when missing; a
+    fresh SQLite file without it) and at ``sms_url``; migrate quietly."""
     sys.path.insert(0, str(ROOT))
     if not os.environ.get("DATABASE_URL"):
         directory = tempfile.mkdtemp(prefix="crm-sms-bench-")
         os.environ["DATABASE_URL"] = f"sqlite:///{directory}/bench.sqlite3"
+    elif os.environ["DATABASE_URL"].startswith("postgres"):
+        create_missing_database(os.environ["DATABASE_URL"])
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ["SMS_URL"] = sms_url
     os.environ.setdefault("SMS_LOG_LEVEL", "WARNING")
@@ -90,6 +93,14 @@ def drop_database(url: str) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     elif url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+
+
+def create_missing_database(url: str) -> None:
+    """Create the PostgreSQL database of ``url`` unless it exists."""
+    conn, name = _postgres_admin(url)
+    with conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def recreate_database(url: str) -> None:

@@ -296,6 +296,17 @@ def test_the_benchmarks_run_and_print_json():
     result = json.loads(out)
     assert result["worker_runs"][0]["sent"] == 60
     assert result["worker_rate_at_sandbox"] > 0 and result["ratio"] > 0
+    out = subprocess.run(  # the worker and the plain client in processes of their own
+        [sys.executable, "bench/throughput.py", "-n", "60", "--rounds", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    cpu = json.loads(out)["cpu_ms_per_message"]
+    assert cpu["worker"]["process"] > 0 and cpu["plain_client"]["process"] > 0
     out = subprocess.run(
         [sys.executable, "bench/ratelimit.py", "--limit", "40", "-n", "50"],
         cwd=ROOT,
