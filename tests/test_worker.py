@@ -284,38 +284,20 @@ def test_the_benchmarks_run_and_print_json():
     from tests.fixtures_outbox import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SMS_"))}
-    out = subprocess.run(
-        [sys.executable, "bench/throughput.py", "-n", "60", "--rounds", "1", "--in-process"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    result = json.loads(out)
+
+    def bench(*args: str) -> dict:
+        command = [sys.executable, *args]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return json.loads(done.stdout)
+
+    result = bench("bench/throughput.py", "-n", "60", "--rounds", "1", "--in-process")
     assert result["worker_runs"][0]["sent"] == 60
     assert result["worker_rate_at_sandbox"] > 0 and result["ratio"] > 0
-    out = subprocess.run(  # the worker and the plain client in processes of their own
-        [sys.executable, "bench/throughput.py", "-n", "60", "--rounds", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    cpu = json.loads(out)["cpu_ms_per_message"]
+    # The worker and the plain client in processes of their own: their CPU per message too.
+    cpu = bench("bench/throughput.py", "-n", "60", "--rounds", "1")["cpu_ms_per_message"]
     assert cpu["worker"]["process"] > 0 and cpu["plain_client"]["process"] > 0
-    out = subprocess.run(
-        [sys.executable, "bench/ratelimit.py", "--limit", "40", "-n", "50"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    result = json.loads(out)
+    result = bench("bench/ratelimit.py", "--limit", "40", "-n", "50")
     assert result["sent"] == 50
     assert result["max_in_any_1s"] <= 40
